@@ -1,0 +1,28 @@
+"""mllm: an offline-first LLaVA-style multimodal assistant library (vision tower + projector + causal LLM)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["Assistant", "MllmError", "__version__", "load"]
+
+from mllm.errors import MllmError
+
+if TYPE_CHECKING:
+    from mllm.assistant import Assistant
+
+
+def load(spec: str = "default", load_in_4bit: bool = False, load_in_8bit: bool = False, **llm_overrides: Any) -> Assistant:
+    """Load an Assistant from `default`, a checkpoint folder or a model config YAML (imports torch lazily)."""
+    from mllm.assistant import load as _load
+
+    return _load(spec, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit, **llm_overrides)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Assistant":
+        from mllm.assistant import Assistant
+
+        return Assistant
+    raise AttributeError(name)

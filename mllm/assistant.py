@@ -1,0 +1,158 @@
+"""The small public API: load a model by name, checkpoint folder or config YAML, then chat or stream.
+
+    import mllm
+    assistant = mllm.load("default")
+    text = assistant.chat([{"role": "user", "content": "What is in the picture?"}], images=["photo.png"])
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from mllm.checkpoint import META_FILE, load_checkpoint
+from mllm.config import load_model_config
+from mllm.errors import MllmError
+from mllm.generation import cut_at_stop, sampling_kwargs, stream_generate
+from mllm.images import DEFAULT_MAX_PIXELS, ImageInput
+from mllm.model import MultimodalModel
+from mllm.processor import Message, place_images
+from mllm.registry import Registry
+
+log = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).parent / "assets"
+SHIPPED_MODELS: Registry[Path] = Registry("shipped model")
+SHIPPED_MODELS.add("default", ASSETS / "default.yaml")
+
+
+def resolve_model(spec: str | Path) -> Path:
+    """`default` (the shipped assistant), a checkpoint folder, or a model config YAML -> a path."""
+    spec = str(spec)
+    path = SHIPPED_MODELS.get(spec) if spec in SHIPPED_MODELS else Path(spec)
+    if path.is_dir():
+        if not (path / META_FILE).is_file():
+            raise MllmError(f"{path}: not an mllm checkpoint ({META_FILE} is missing)")
+        return path
+    if path.is_file():
+        return path
+    raise MllmError(
+        f"model {spec!r} not found: pass 'default', a checkpoint folder or a model config YAML "
+        f"(shipped: {', '.join(SHIPPED_MODELS.names())})"
+    )
+
+
+def load_model(spec: str | Path, **llm_overrides: Any) -> MultimodalModel:
+    """Build the MultimodalModel named by `spec` (see resolve_model)."""
+    path = resolve_model(spec)
+    if path.is_dir():
+        return load_checkpoint(path, **llm_overrides)
+    config = load_model_config(path)
+    for key, value in llm_overrides.items():
+        setattr(config.llm, key, value)
+    return MultimodalModel.build(config)
+
+
+class Assistant:
+    """A loaded model ready to chat. Thread-safe for concurrent generation (inference only)."""
+
+    def __init__(self, model: MultimodalModel, name: str = "mllm") -> None:
+        self.model = model.eval()
+        self.name = name
+        self.max_pixels = DEFAULT_MAX_PIXELS
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self.model.tokenizer
+
+    @property
+    def context_length(self) -> int:
+        return self.model.processor.max_length or 2048
+
+    def prepare(
+        self, messages: Sequence[Message], images: Sequence[ImageInput] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(input_ids [1, T], pixel_values [n, 3, H, W] or None) for a chat in role/content form."""
+        images = list(images or [])
+        if not messages:
+            raise MllmError("no messages given")
+        if len(images) > self.model.config.max_images:
+            raise MllmError(f"{len(images)} images given; this model accepts at most {self.model.config.max_images}")
+        for index, message in enumerate(messages):
+            if message.get("role") not in ("system", "user", "assistant"):
+                raise MllmError(f"messages[{index}].role: expected system, user or assistant, got {message.get('role')!r}")
+            if not isinstance(message.get("content"), str):
+                raise MllmError(f"messages[{index}].content: expected text")
+        placed = place_images(messages, len(images), self.model.config.llm.image_token)
+        encoded = self.model.processor.encode_prompt(placed)
+        pixel_values = self.model.vision.preprocess(images, self.max_pixels) if images else None
+        return torch.tensor([encoded.input_ids]), pixel_values
+
+    def _generate_kwargs(
+        self, prompt_len: int, max_new_tokens: int, temperature: float, top_p: float, extra: dict[str, Any]
+    ) -> dict[str, Any]:
+        room = self.context_length - prompt_len
+        if room <= 0:
+            raise MllmError(f"the conversation is {prompt_len} tokens, over the context of {self.context_length}")
+        if max_new_tokens < 1:
+            raise MllmError("max_new_tokens must be at least 1")
+        return {"max_new_tokens": min(max_new_tokens, room), **sampling_kwargs(temperature, top_p), **extra}
+
+    def chat(
+        self,
+        messages: Sequence[Message],
+        images: Sequence[ImageInput] | None = None,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] = (),
+        **generate_kwargs: Any,
+    ) -> str:
+        """The assistant's reply to `messages` (role/content dicts); images go where `<image>` appears, or before
+        the last user message's text. Extra keyword arguments go to transformers' generate."""
+        input_ids, pixel_values = self.prepare(messages, images)
+        kwargs = self._generate_kwargs(input_ids.shape[1], max_new_tokens, temperature, top_p, generate_kwargs)
+        if stop:
+            kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
+        output = self.model.generate(input_ids, pixel_values=pixel_values, **kwargs)
+        text = self.tokenizer.decode(output[0], skip_special_tokens=True)
+        return cut_at_stop(text, stop)[0]
+
+    def stream(
+        self,
+        messages: Sequence[Message],
+        images: Sequence[ImageInput] | None = None,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] = (),
+        cancel: threading.Event | None = None,
+        **generate_kwargs: Any,
+    ) -> Iterator[str]:
+        """Like `chat`, yielding the reply piece by piece; setting `cancel` (or closing the iterator) stops it."""
+        input_ids, pixel_values = self.prepare(messages, images)
+        kwargs = self._generate_kwargs(input_ids.shape[1], max_new_tokens, temperature, top_p, generate_kwargs)
+        if stop:
+            kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
+        return stream_generate(
+            self.model.generate, self.tokenizer, stop=stop, cancel=cancel,
+            input_ids=input_ids, pixel_values=pixel_values, **kwargs,
+        )
+
+
+def load(
+    spec: str | Path = "default", load_in_4bit: bool = False, load_in_8bit: bool = False, **llm_overrides: Any
+) -> Assistant:
+    """Load an Assistant: `default` (the shipped assistant), a checkpoint folder, or a model config YAML."""
+    if load_in_4bit:
+        llm_overrides["load_in_4bit"] = True
+    if load_in_8bit:
+        llm_overrides["load_in_8bit"] = True
+    model = load_model(spec, **llm_overrides)
+    return Assistant(model, name=model.config.name)

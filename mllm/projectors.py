@@ -1,0 +1,95 @@
+"""Projectors from vision features to LLM input embeddings, one interface [B, P, Dv] -> [B, N, Dl].
+
+Picked by exact name from PROJECTORS: `linear`, `mlp2x_gelu` (LLaVA-1.5) and `qformer` (transformers'
+Blip2QFormerModel reading the patches through N learned query tokens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import Blip2QFormerConfig, Blip2QFormerModel
+
+from mllm.config import ProjectorConfig
+from mllm.registry import Registry
+
+
+class Projector(nn.Module):
+    """Base class: maps [B, P, vision_dim] to [B, num_tokens(P), llm_dim]."""
+
+    def __init__(self, config: ProjectorConfig, vision_dim: int, llm_dim: int) -> None:
+        super().__init__()
+        self.config = config
+        self.vision_dim = vision_dim
+        self.llm_dim = llm_dim
+
+    def num_tokens(self, num_patches: int) -> int:
+        """How many LLM tokens one image becomes."""
+        return num_patches
+
+
+ProjectorFactory = Callable[[ProjectorConfig, int, int], Projector]
+PROJECTORS: Registry[ProjectorFactory] = Registry("projector")
+
+
+@PROJECTORS.register("linear")
+class LinearProjector(Projector):
+    """One linear layer per patch (LLaVA-1.0)."""
+
+    def __init__(self, config: ProjectorConfig, vision_dim: int, llm_dim: int) -> None:
+        super().__init__(config, vision_dim, llm_dim)
+        self.proj = nn.Linear(vision_dim, llm_dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.proj(features)
+
+
+@PROJECTORS.register("mlp2x_gelu")
+class MLPProjector(Projector):
+    """Linear -> GELU -> Linear per patch (LLaVA-1.5)."""
+
+    def __init__(self, config: ProjectorConfig, vision_dim: int, llm_dim: int) -> None:
+        super().__init__(config, vision_dim, llm_dim)
+        self.fc1 = nn.Linear(vision_dim, llm_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(llm_dim, llm_dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(features)))
+
+
+@PROJECTORS.register("qformer")
+class QFormerProjector(Projector):
+    """BLIP-2 Q-Former: N learned queries cross-attend to the patches, then a linear map to the LLM width."""
+
+    def __init__(self, config: ProjectorConfig, vision_dim: int, llm_dim: int) -> None:
+        super().__init__(config, vision_dim, llm_dim)
+        qconfig = Blip2QFormerConfig(
+            hidden_size=config.qformer_hidden_size,
+            num_hidden_layers=config.qformer_num_layers,
+            num_attention_heads=config.qformer_num_heads,
+            intermediate_size=4 * config.qformer_hidden_size,
+            encoder_hidden_size=vision_dim,
+            cross_attention_frequency=1,
+        )
+        self.qformer = Blip2QFormerModel(qconfig)
+        self.query_tokens = nn.Parameter(torch.randn(1, config.num_query_tokens, config.qformer_hidden_size) * 0.02)
+        self.proj = nn.Linear(config.qformer_hidden_size, llm_dim)
+
+    def num_tokens(self, num_patches: int) -> int:
+        return self.config.num_query_tokens
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        queries = self.query_tokens.expand(features.shape[0], -1, -1).to(features.dtype)
+        out = self.qformer(query_embeds=queries, encoder_hidden_states=features)
+        return self.proj(out.last_hidden_state)
+
+
+def build_projector(config: ProjectorConfig, vision_dim: int, llm_dim: int) -> Projector:
+    """The registered projector `config.type`, initialised from `config.init_seed`."""
+    factory = PROJECTORS.get(config.type)
+    with torch.random.fork_rng():
+        torch.manual_seed(config.init_seed)
+        return factory(config, vision_dim, llm_dim)
