@@ -13,7 +13,9 @@ if TYPE_CHECKING:
     from mllm.assistant import Assistant
 
 
-def load(spec: str = "default", load_in_4bit: bool = False, load_in_8bit: bool = False, **llm_overrides: Any) -> Assistant:
+def load(
+    spec: str = "default", load_in_4bit: bool = False, load_in_8bit: bool = False, **llm_overrides: Any
+) -> Assistant:
     """Load an Assistant from `default`, a checkpoint folder or a model config YAML (imports torch lazily)."""
     from mllm.assistant import load as _load
 

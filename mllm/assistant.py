@@ -1,8 +1,8 @@
 """The small public API: load a model by name, checkpoint folder or config YAML, then chat or stream.
 
-    import mllm
-    assistant = mllm.load("default")
-    text = assistant.chat([{"role": "user", "content": "What is in the picture?"}], images=["photo.png"])
+import mllm
+assistant = mllm.load("default")
+text = assistant.chat([{"role": "user", "content": "What is in the picture?"}], images=["photo.png"])
 """
 
 from __future__ import annotations
@@ -83,10 +83,14 @@ class Assistant:
         if not messages:
             raise MllmError("no messages given")
         if len(images) > self.model.config.max_images:
-            raise MllmError(f"{len(images)} images given; this model accepts at most {self.model.config.max_images}")
+            raise MllmError(
+                f"{len(images)} images given; this model accepts at most {self.model.config.max_images}"
+            )
         for index, message in enumerate(messages):
             if message.get("role") not in ("system", "user", "assistant"):
-                raise MllmError(f"messages[{index}].role: expected system, user or assistant, got {message.get('role')!r}")
+                raise MllmError(
+                    f"messages[{index}].role: expected system, user or assistant, got {message.get('role')!r}"
+                )
             if not isinstance(message.get("content"), str):
                 raise MllmError(f"messages[{index}].content: expected text")
         placed = place_images(messages, len(images), self.model.config.llm.image_token)
@@ -99,7 +103,9 @@ class Assistant:
     ) -> dict[str, Any]:
         room = self.context_length - prompt_len
         if room <= 0:
-            raise MllmError(f"the conversation is {prompt_len} tokens, over the context of {self.context_length}")
+            raise MllmError(
+                f"the conversation is {prompt_len} tokens, over the context of {self.context_length}"
+            )
         if max_new_tokens < 1:
             raise MllmError("max_new_tokens must be at least 1")
         return {"max_new_tokens": min(max_new_tokens, room), **sampling_kwargs(temperature, top_p), **extra}
@@ -117,7 +123,9 @@ class Assistant:
         """The assistant's reply to `messages` (role/content dicts); images go where `<image>` appears, or before
         the last user message's text. Extra keyword arguments go to transformers' generate."""
         input_ids, pixel_values = self.prepare(messages, images)
-        kwargs = self._generate_kwargs(input_ids.shape[1], max_new_tokens, temperature, top_p, generate_kwargs)
+        kwargs = self._generate_kwargs(
+            input_ids.shape[1], max_new_tokens, temperature, top_p, generate_kwargs
+        )
         if stop:
             kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
         output = self.model.generate(input_ids, pixel_values=pixel_values, **kwargs)
@@ -137,12 +145,18 @@ class Assistant:
     ) -> Iterator[str]:
         """Like `chat`, yielding the reply piece by piece; setting `cancel` (or closing the iterator) stops it."""
         input_ids, pixel_values = self.prepare(messages, images)
-        kwargs = self._generate_kwargs(input_ids.shape[1], max_new_tokens, temperature, top_p, generate_kwargs)
-        if stop:
-            kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
+        kwargs = self._generate_kwargs(
+            input_ids.shape[1], max_new_tokens, temperature, top_p, generate_kwargs
+        )
+        # stop strings are cut from the decoded stream, which then cancels generation at the next token
         return stream_generate(
-            self.model.generate, self.tokenizer, stop=stop, cancel=cancel,
-            input_ids=input_ids, pixel_values=pixel_values, **kwargs,
+            self.model.generate,
+            self.tokenizer,
+            stop=stop,
+            cancel=cancel,
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            **kwargs,
         )
 
 

@@ -68,7 +68,9 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as exc:
-        raise MllmError(f"{path}: cannot read safetensors ({exc}); the file is truncated or corrupt") from None
+        raise MllmError(
+            f"{path}: cannot read safetensors ({exc}); the file is truncated or corrupt"
+        ) from None
 
 
 def check_state(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], path: Path) -> None:
@@ -76,9 +78,7 @@ def check_state(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     if missing or unexpected:
-        raise MllmError(
-            f"{path}: does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
+        raise MllmError(f"{path}: does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     for key, tensor in expected.items():
         if tuple(found[key].shape) != tuple(tensor.shape):
             raise MllmError(
@@ -138,8 +138,10 @@ def save_checkpoint(
     config = from_dict(ModelConfig, to_dict(model.config))  # a deep copy we may edit
 
     def write(tmp: Path) -> None:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.projector.state_dict().items()},
-                  str(tmp / "projector.safetensors"))
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in model.projector.state_dict().items()},
+            str(tmp / "projector.safetensors"),
+        )
         if _is_local_folder(config.vision.source):
             model.vision.model.save_pretrained(tmp / "vision")
             config.vision.source = "./vision"
@@ -181,9 +183,10 @@ def load_checkpoint(folder: str | Path, **llm_overrides: Any) -> MultimodalModel
     config = checkpoint_config(folder)
     for key, value in llm_overrides.items():
         setattr(config.llm, key, value)
-    if config.vision.source is not None and config.vision.source.startswith(str(folder)):
-        if not (Path(config.vision.source) / "config.json").is_file():
-            raise MllmError(f"{config.vision.source}: vision tower folder is missing or has no config.json")
+    for source in (config.vision.source, config.llm.source):
+        local = source is not None and Path(source).is_absolute()  # relative paths were resolved into the folder
+        if local and not (Path(source) / "config.json").is_file():
+            raise MllmError(f"{source}: folder is missing or has no config.json")
     model = MultimodalModel.build(config)
     load_module_weights(model.projector, folder / "projector.safetensors")
     if config.lora.enabled:

@@ -17,8 +17,12 @@ class CancelOnEvent(StoppingCriteria):
     def __init__(self, event: threading.Event) -> None:
         self.event = event
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
+        return torch.full(
+            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
+        )
 
 
 def sampling_kwargs(temperature: float, top_p: float) -> dict[str, Any]:
@@ -81,16 +85,16 @@ def stream_generate(
             visible, stopped = cut_at_stop(text, stop)
             if stopped:
                 if len(visible) > len(emitted):
-                    yield visible[len(emitted):]
+                    yield visible[len(emitted) :]
                 cancel.set()
                 break
             safe = len(visible) - _held_back(visible, stop)
             if safe > len(emitted):
-                yield visible[len(emitted):safe]
+                yield visible[len(emitted) : safe]
                 emitted = visible[:safe]
         else:
             if len(text) > len(emitted):
-                yield text[len(emitted):]
+                yield text[len(emitted) :]
     finally:
         cancel.set()
         worker.join()

@@ -58,7 +58,9 @@ def load_image(src: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.I
                 image = Image.open(io.BytesIO(data))
                 width, height = image.size
                 if width * height > max_pixels:
-                    raise MllmError(f"{name}: image is {width}x{height}, over the limit of {max_pixels} pixels")
+                    raise MllmError(
+                        f"{name}: image is {width}x{height}, over the limit of {max_pixels} pixels"
+                    )
                 image.seek(0)  # first frame of an animation
                 image.load()
         except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -78,7 +80,7 @@ class ImagePreprocessor:
         self.size = size
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-        self.fill = tuple(int(round(m * 255)) for m in mean)
+        self.fill = tuple(round(m * 255) for m in mean)
 
     def pad_to_square(self, image: Image.Image) -> Image.Image:
         width, height = image.size

@@ -71,7 +71,9 @@ def locate_gguf(source: str, gguf_file: str | None) -> tuple[str, str | None]:
             raise MllmError(f"LLM {source!r} needs the package {shipped.package}: {shipped.install_hint}")
         folder = Path(next(iter(spec.submodule_search_locations)))
         if not (folder / shipped.filename).is_file():
-            raise MllmError(f"{folder / shipped.filename}: shipped GGUF file is missing; {shipped.install_hint}")
+            raise MllmError(
+                f"{folder / shipped.filename}: shipped GGUF file is missing; {shipped.install_hint}"
+            )
         return str(folder), shipped.filename
     path = Path(source)
     if path.is_file():
@@ -126,15 +128,23 @@ def load_tokenizer(config: LLMConfig) -> PreTrainedTokenizerBase:
     source = config.tokenizer or config.source
     if source is None:
         raise MllmError("llm: a randomly initialised LLM needs `tokenizer` set to a tokenizer source")
-    tokenizer = AutoTokenizer.from_pretrained(materialize(source, config.gguf_file if not config.tokenizer else None))
+    tokenizer = AutoTokenizer.from_pretrained(
+        materialize(source, config.gguf_file if not config.tokenizer else None)
+    )
     if config.chat_template is not None:
         tokenizer.chat_template = CHAT_TEMPLATES.get(config.chat_template)
     if tokenizer.chat_template is None:
-        raise MllmError(f"llm: tokenizer {source!r} has no chat template; set llm.chat_template to one of "
-                        f"{', '.join(CHAT_TEMPLATES.names())}")
+        raise MllmError(
+            f"llm: tokenizer {source!r} has no chat template; set llm.chat_template to one of "
+            f"{', '.join(CHAT_TEMPLATES.names())}"
+        )
     if not tokenizer.is_fast:
-        raise MllmError(f"llm: tokenizer {source!r} is not a fast tokenizer; label masking needs offset mappings")
-    tokenizer.add_tokens([AddedToken(config.image_token, special=True, normalized=False)], special_tokens=True)
+        raise MllmError(
+            f"llm: tokenizer {source!r} is not a fast tokenizer; label masking needs offset mappings"
+        )
+    tokenizer.add_tokens(
+        [AddedToken(config.image_token, special=True, normalized=False)], special_tokens=True
+    )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -164,7 +174,9 @@ def load_llm(config: LLMConfig) -> PreTrainedModel:
         if config.init_config is None:
             raise MllmError("llm: set either `source` or `init_config`")
         if quant is not None:
-            raise MllmError("llm: 4-/8-bit loading needs saved weights (`source`), not a random `init_config`")
+            raise MllmError(
+                "llm: 4-/8-bit loading needs saved weights (`source`), not a random `init_config`"
+            )
         init = dict(config.init_config)
         hf_config = AutoConfig.for_model(init.pop("model_type"), **init)
         with torch.random.fork_rng():

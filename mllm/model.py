@@ -82,7 +82,9 @@ class MultimodalModel(nn.Module):
         if config.lora.enabled if with_lora is None else with_lora:
             llm = apply_lora(llm, config.lora)
         vision = VisionTower(config.vision)
-        projector = build_projector(config.projector, vision.hidden_size, llm.get_input_embeddings().embedding_dim)
+        projector = build_projector(
+            config.projector, vision.hidden_size, llm.get_input_embeddings().embedding_dim
+        )
         return cls(config, vision, projector, llm, tokenizer)
 
     @property
@@ -103,7 +105,9 @@ class MultimodalModel(nn.Module):
         num_tokens = int(mask.sum())
         if pixel_values is None or pixel_values.shape[0] == 0:
             if num_tokens:
-                raise MllmError(f"Image features and image tokens do not match: tokens {num_tokens}, features 0")
+                raise MllmError(
+                    f"Image features and image tokens do not match: tokens {num_tokens}, features 0"
+                )
             return inputs_embeds
         features = self.image_features(pixel_values)
         features = features.reshape(-1, features.shape[-1])
@@ -168,4 +172,7 @@ class MultimodalModel(nn.Module):
 
     def describe_trainable(self) -> str:
         """One line per part: frozen or trainable, with parameter counts."""
-        return "\n".join(f"{g.name:<10} {g.status:<17} {g.trainable:>12,} / {g.total:>12,}" for g in self.parameter_groups())
+        return "\n".join(
+            f"{g.name:<10} {g.status:<17} {g.trainable:>12,} / {g.total:>12,}"
+            for g in self.parameter_groups()
+        )

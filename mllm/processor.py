@@ -47,7 +47,9 @@ def llava_to_messages(conversations: Sequence[dict[str, Any]], sample_id: str = 
     for index, turn in enumerate(conversations):
         role = ROLE_FROM_LLAVA.get(turn.get("from"))
         if role is None:
-            raise SampleError(f"record {sample_id}: conversations[{index}].from: unknown role {turn.get('from')!r}")
+            raise SampleError(
+                f"record {sample_id}: conversations[{index}].from: unknown role {turn.get('from')!r}"
+            )
         messages.append({"role": role, "content": turn.get("value", "")})
     return messages
 
@@ -64,7 +66,9 @@ def place_images(messages: Sequence[Message], num_images: int, image_token: str)
                 return messages
         raise MllmError("images were given but there is no user message to attach them to")
     if markers != num_images:
-        raise MllmError(f"the messages hold {markers} {image_token} marker(s) but {num_images} image(s) were given")
+        raise MllmError(
+            f"the messages hold {markers} {image_token} marker(s) but {num_images} image(s) were given"
+        )
     return messages
 
 
@@ -108,7 +112,9 @@ class MultimodalProcessor:
         for position, token in enumerate(ids):
             if token == self.image_token_id:
                 if labels is not None and labels[position] != IGNORE_INDEX:
-                    raise SampleError(f"record {sample_id}: an {self.image_token} marker is inside an assistant reply")
+                    raise SampleError(
+                        f"record {sample_id}: an {self.image_token} marker is inside an assistant reply"
+                    )
                 count += 1
                 out_ids.extend([token] * self.num_image_tokens)
                 out_labels.extend([IGNORE_INDEX] * self.num_image_tokens)
@@ -178,8 +184,12 @@ class MultimodalProcessor:
         sample_id = str(record.get("id", "?"))
         images = record.get("image")
         num_images = 0 if images is None else (1 if isinstance(images, str) else len(images))
-        messages = place_images(llava_to_messages(record["conversations"], sample_id), num_images, self.image_token)
+        messages = place_images(
+            llava_to_messages(record["conversations"], sample_id), num_images, self.image_token
+        )
         encoded = self.encode_conversation(messages, sample_id)
         if encoded.num_images != num_images:
-            raise SampleError(f"record {sample_id}: {encoded.num_images} image markers for {num_images} image(s)")
+            raise SampleError(
+                f"record {sample_id}: {encoded.num_images} image markers for {num_images} image(s)"
+            )
         return encoded

@@ -75,7 +75,9 @@ class QFormerProjector(Projector):
             cross_attention_frequency=1,
         )
         self.qformer = Blip2QFormerModel(qconfig)
-        self.query_tokens = nn.Parameter(torch.randn(1, config.num_query_tokens, config.qformer_hidden_size) * 0.02)
+        self.query_tokens = nn.Parameter(
+            torch.randn(1, config.num_query_tokens, config.qformer_hidden_size) * 0.02
+        )
         self.proj = nn.Linear(config.qformer_hidden_size, llm_dim)
 
     def num_tokens(self, num_patches: int) -> int:

@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.verbose:
+        # bitsandbytes warns at import that optional hub-downloaded CPU kernels are absent; we never use them
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2

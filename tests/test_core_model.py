@@ -1,0 +1,85 @@
+"""Model composition: the image-token count check, features landing exactly at the placeholders, projector
+shapes, and gradients flowing only into the projector (and LoRA) — never the vision tower or the base LLM."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mllm.errors import MllmError
+from mllm.model import MultimodalModel
+
+
+def prompt_ids(model: MultimodalModel, images: int, text: str = "What is here?") -> torch.Tensor:
+    content = "<image>" * images + text
+    return torch.tensor([model.processor.encode_prompt([{"role": "user", "content": content}]).input_ids])
+
+
+def test_wrong_placeholder_count_raises_with_both_numbers(tiny_model):
+    ids = prompt_ids(tiny_model, 1)
+    n = tiny_model.num_image_tokens
+    with pytest.raises(MllmError, match=f"tokens {n}, features {2 * n}"):
+        tiny_model.embed(ids, torch.randn(2, 3, 32, 32))
+    with pytest.raises(MllmError, match=f"tokens {n}, features 0"):
+        tiny_model.embed(ids, None)
+
+
+def test_features_land_exactly_at_placeholders(tiny_model):
+    ids = torch.cat([prompt_ids(tiny_model, 2), prompt_ids(tiny_model, 2, "Other question?")], dim=1)
+    pixels = torch.randn(4, 3, 32, 32)
+    merged = tiny_model.embed(ids, pixels)
+    features = tiny_model.image_features(pixels).reshape(-1, merged.shape[-1])
+    mask = ids[0] == tiny_model.image_token_id
+    assert int(mask.sum()) == 4 * tiny_model.num_image_tokens
+    torch.testing.assert_close(merged[0, mask], features)
+    text_embeddings = tiny_model.llm.get_input_embeddings()(ids[0, ~mask])
+    torch.testing.assert_close(merged[0, ~mask], text_embeddings)
+
+
+@pytest.mark.parametrize("projector", ["linear", "mlp2x_gelu", "qformer"])
+def test_projector_shapes_and_gradients(tiny_config, projector):
+    tiny_config.projector.type = projector
+    tiny_config.lora.enabled = True
+    model = MultimodalModel.build(tiny_config)
+    pixels = torch.randn(2, 3, 32, 32)
+    features = model.vision(pixels)
+    assert features.shape == (2, model.vision.num_patches, 32)  # CLS dropped: 16 patches
+    projected = model.projector(features)
+    expected_tokens = 8 if projector == "qformer" else model.vision.num_patches
+    assert projected.shape == (2, expected_tokens, 32)
+    assert model.num_image_tokens == expected_tokens
+
+    record = {
+        "id": "g",
+        "image": ["a.png", "b.png"],
+        "conversations": [
+            {"from": "human", "value": "<image><image>Compare."},
+            {"from": "gpt", "value": "Both red."},
+        ],
+    }
+    encoded = model.processor.encode_llava(record)
+    out = model(torch.tensor([encoded.input_ids]), pixel_values=pixels, labels=torch.tensor([encoded.labels]))
+    out.loss.backward()
+    for name, param in model.named_parameters():
+        if name.startswith("projector.") or "lora_" in name:
+            assert param.requires_grad, name
+        else:
+            assert not param.requires_grad and param.grad is None, name
+    assert any(p.grad is not None for p in model.projector.parameters())
+    lora_b = [p for n, p in model.llm.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.grad is not None for p in lora_b)
+
+
+def test_vision_tower_stays_frozen_in_train_mode(tiny_model):
+    tiny_model.train()
+    assert not tiny_model.vision.training and not tiny_model.vision.model.training
+    assert tiny_model.projector.training
+
+
+def test_parameter_groups_report(tiny_model):
+    groups = {g.name: g for g in tiny_model.parameter_groups()}
+    assert groups["vision"].status == "frozen" and groups["llm"].status == "frozen"
+    assert groups["projector"].status == "trainable" and groups["lora"].status == "trainable"
+    tiny_model.set_trainable(projector=False, lora=False)
+    assert all(g.trainable == 0 for g in tiny_model.parameter_groups())
+    assert "projector  frozen" in tiny_model.describe_trainable()
