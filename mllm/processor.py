@@ -54,13 +54,16 @@ def llava_to_messages(conversations: Sequence[dict[str, Any]], sample_id: str = 
     return messages
 
 
-def place_images(messages: Sequence[Message], num_images: int, image_token: str) -> list[Message]:
+def place_images(
+    messages: Sequence[Message], num_images: int, image_token: str, first_turn: bool = False
+) -> list[Message]:
     """Put image markers where the user wants them: if no content holds a marker, prepend them to the last user
-    message; otherwise the number of markers must equal the number of images."""
+    message (chat) or, with `first_turn`, to the first one (LLaVA training records); otherwise the number of
+    markers must equal the number of images."""
     messages = [dict(m) for m in messages]
     markers = sum(str(m["content"]).count(image_token) for m in messages)
     if markers == 0 and num_images:
-        for message in reversed(messages):
+        for message in messages if first_turn else reversed(messages):
             if message["role"] == "user":
                 message["content"] = (image_token + "\n") * num_images + str(message["content"])
                 return messages
@@ -185,7 +188,7 @@ class MultimodalProcessor:
         images = record.get("image")
         num_images = 0 if images is None else (1 if isinstance(images, str) else len(images))
         messages = place_images(
-            llava_to_messages(record["conversations"], sample_id), num_images, self.image_token
+            llava_to_messages(record["conversations"], sample_id), num_images, self.image_token, first_turn=True
         )
         encoded = self.encode_conversation(messages, sample_id)
         if encoded.num_images != num_images:

@@ -142,3 +142,14 @@ def test_place_images_prepends_to_last_user_message():
     assert placed[0]["content"] == "hi"
     with pytest.raises(MllmError):
         place_images([{"role": "user", "content": "<image> a"}], 2, "<image>")
+
+
+def test_llava_record_without_marker_gets_it_on_the_first_turn(smollm2_tokenizer):
+    processor = MultimodalProcessor(smollm2_tokenizer, "<image>", 2)
+    record = make_record(2, 0)
+    record["image"] = "a.png"
+    encoded = processor.encode_llava(record)
+    first_image = encoded.input_ids.index(processor.image_token_id)
+    text_before = smollm2_tokenizer.decode(encoded.input_ids[:first_image])
+    assert QUESTIONS[0] not in text_before and "user" in text_before
+    assert QUESTIONS[1] not in smollm2_tokenizer.decode(encoded.input_ids[:first_image])
