@@ -14,12 +14,17 @@ if TYPE_CHECKING:
 
 
 def load(
-    spec: str = "default", load_in_4bit: bool = False, load_in_8bit: bool = False, **llm_overrides: Any
+    spec: str = "default",
+    load_in_4bit: bool = False,
+    load_in_8bit: bool = False,
+    fast: bool = True,
+    **llm_overrides: Any,
 ) -> Assistant:
-    """Load an Assistant from `default`, a checkpoint folder or a model config YAML (imports torch lazily)."""
+    """Load an Assistant from `default`, a checkpoint folder or a model config YAML (imports torch lazily).
+    `fast` (default) merges LoRA and decodes with mllm's token loop; False uses transformers' generate."""
     from mllm.assistant import load as _load
 
-    return _load(spec, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit, **llm_overrides)
+    return _load(spec, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit, fast=fast, **llm_overrides)
 
 
 def __getattr__(name: str) -> Any:

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from mllm.checkpoint import META_FILE, load_checkpoint
 from mllm.config import load_model_config
+from mllm.decoding import decode_text
 from mllm.errors import MllmError
 from mllm.generation import cut_at_stop, sampling_kwargs, stream_generate
 from mllm.images import DEFAULT_MAX_PIXELS, ImageInput
@@ -60,11 +62,19 @@ def load_model(spec: str | Path, **llm_overrides: Any) -> MultimodalModel:
 
 
 class Assistant:
-    """A loaded model ready to chat. Thread-safe for concurrent generation (inference only)."""
+    """A loaded model ready to chat. Thread-safe for concurrent generation (inference only).
 
-    def __init__(self, model: MultimodalModel, name: str = "mllm") -> None:
+    `fast=True` (the default) merges LoRA into the LLM weights and decodes with mllm.decoding's token loop;
+    `fast=False` keeps the adapters separate and uses transformers' generate. Greedy outputs are the same.
+    Extra generate() keyword arguments always take the generate path."""
+
+    def __init__(self, model: MultimodalModel, name: str = "mllm", fast: bool = True) -> None:
+        quantized = model.config.llm.load_in_4bit or model.config.llm.load_in_8bit
+        if fast and isinstance(model.llm, PeftModel) and not quantized:
+            model.llm = model.llm.merge_and_unload()
         self.model = model.eval()
         self.name = name
+        self.fast = fast
         self.max_pixels = DEFAULT_MAX_PIXELS
 
     @property
@@ -122,6 +132,8 @@ class Assistant:
     ) -> str:
         """The assistant's reply to `messages` (role/content dicts); images go where `<image>` appears, or before
         the last user message's text. Extra keyword arguments go to transformers' generate."""
+        if self.fast and not generate_kwargs:
+            return "".join(self.stream(messages, images, max_new_tokens, temperature, top_p, stop))
         input_ids, pixel_values = self.prepare(messages, images)
         kwargs = self._generate_kwargs(
             input_ids.shape[1], max_new_tokens, temperature, top_p, generate_kwargs
@@ -148,6 +160,17 @@ class Assistant:
         kwargs = self._generate_kwargs(
             input_ids.shape[1], max_new_tokens, temperature, top_p, generate_kwargs
         )
+        if self.fast and not generate_kwargs:
+            return decode_text(
+                self.model,
+                input_ids,
+                pixel_values,
+                kwargs["max_new_tokens"],
+                temperature,
+                top_p,
+                stop,
+                cancel,
+            )
         # stop strings are cut from the decoded stream, which then cancels generation at the next token
         return stream_generate(
             self.model.generate,
@@ -161,12 +184,17 @@ class Assistant:
 
 
 def load(
-    spec: str | Path = "default", load_in_4bit: bool = False, load_in_8bit: bool = False, **llm_overrides: Any
+    spec: str | Path = "default",
+    load_in_4bit: bool = False,
+    load_in_8bit: bool = False,
+    fast: bool = True,
+    **llm_overrides: Any,
 ) -> Assistant:
-    """Load an Assistant: `default` (the shipped assistant), a checkpoint folder, or a model config YAML."""
+    """Load an Assistant: `default` (the shipped assistant), a checkpoint folder, or a model config YAML.
+    `fast` picks the merged-LoRA token loop (default) over transformers' generate."""
     if load_in_4bit:
         llm_overrides["load_in_4bit"] = True
     if load_in_8bit:
         llm_overrides["load_in_8bit"] = True
     model = load_model(spec, **llm_overrides)
-    return Assistant(model, name=model.config.name)
+    return Assistant(model, name=model.config.name, fast=fast)

@@ -77,6 +77,7 @@ class LoRAConfig:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: str | list[str] = "all-linear"
+    init_seed: int = 0
 
 
 @dataclass
@@ -128,7 +129,10 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         annotation = hints[key]
-        if dataclasses.is_dataclass(annotation):
+        optional = [a for a in typing.get_args(annotation) if dataclasses.is_dataclass(a)]
+        if optional and value is not None:  # `SomeConfig | None` given a mapping
+            kwargs[key] = from_dict(optional[0], value, f"{where}: {key}")
+        elif dataclasses.is_dataclass(annotation):
             kwargs[key] = from_dict(annotation, value or {}, f"{where}: {key}")
         elif not _type_ok(value, annotation):
             shown = getattr(annotation, "__name__", str(annotation))

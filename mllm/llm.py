@@ -203,4 +203,6 @@ def apply_lora(model: PreTrainedModel, config: LoRAConfig) -> PeftModel:
         target_modules=config.target_modules,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    with torch.random.fork_rng():
+        torch.manual_seed(config.init_seed)
+        return get_peft_model(model, lora)

@@ -83,3 +83,23 @@ def test_parameter_groups_report(tiny_model):
     tiny_model.set_trainable(projector=False, lora=False)
     assert all(g.trainable == 0 for g in tiny_model.parameter_groups())
     assert "projector  frozen" in tiny_model.describe_trainable()
+
+
+def test_siglip_tower_from_a_local_folder(tiny_config, tmp_path):
+    """A SigLIP vision model saved in HF format loads from its folder; it has no CLS token to drop."""
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    hf = SiglipVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+    )
+    SiglipVisionModel(hf).save_pretrained(tmp_path / "siglip")
+    tiny_config.vision.type = "siglip"
+    tiny_config.vision.source = str(tmp_path / "siglip")
+    model = MultimodalModel.build(tiny_config)
+    assert model.vision.num_patches == 16 and model.num_image_tokens == 16
+    assert model.vision(torch.randn(1, 3, 32, 32)).shape == (1, 16, 32)

@@ -1,0 +1,104 @@
+"""The fast decode path: prefill the merged embeddings once, then one LLM forward per token on the KV cache,
+with no generate() machinery, no streamer thread and text streamed from the tokens as they come.
+
+Greedy output is identical to transformers' generate on the same model (tested); sampling reuses transformers'
+temperature and top-p warpers.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+
+import torch
+from transformers import DynamicCache, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+from mllm.generation import cut_at_stop
+from mllm.model import MultimodalModel
+
+
+def _warpers(temperature: float, top_p: float) -> LogitsProcessorList:
+    warpers = LogitsProcessorList()
+    if temperature > 0:
+        warpers.append(TemperatureLogitsWarper(temperature))
+        if top_p < 1.0:
+            warpers.append(TopPLogitsWarper(top_p))
+    return warpers
+
+
+@torch.inference_mode()
+def decode_tokens(
+    model: MultimodalModel,
+    input_ids: torch.Tensor,
+    pixel_values: torch.Tensor | None,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    cancel: threading.Event | None = None,
+    generator: torch.Generator | None = None,
+) -> Iterator[int]:
+    """Yield new token ids for one prompt [1, T] until an end-of-sequence token, `max_new_tokens` or `cancel`."""
+    llm = model.llm
+    eos = llm.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    eos_ids.add(model.tokenizer.eos_token_id)
+    warpers = _warpers(temperature, top_p)
+    cache = DynamicCache(config=llm.config)
+    inputs_embeds = model.embed(input_ids, pixel_values)
+    length = inputs_embeds.shape[1]
+    out = llm(inputs_embeds=inputs_embeds, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    generated = input_ids.to(model.device)
+    for step in range(max_new_tokens):
+        logits = out.logits[:, -1, :].float()
+        if temperature > 0:
+            scores = warpers(generated, logits)
+            token = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator)
+        else:
+            token = logits.argmax(dim=-1, keepdim=True)
+        token_id = int(token)
+        if token_id in eos_ids:
+            return
+        yield token_id
+        if step + 1 == max_new_tokens or (cancel is not None and cancel.is_set()):
+            return
+        if temperature > 0 and warpers:
+            generated = torch.cat([generated, token], dim=1)
+        position = torch.tensor([[length]], device=model.device)
+        length += 1
+        out = llm(
+            input_ids=token, past_key_values=cache, use_cache=True, position_ids=position, logits_to_keep=1
+        )
+
+
+def decode_text(
+    model: MultimodalModel,
+    input_ids: torch.Tensor,
+    pixel_values: torch.Tensor | None,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    stop: Sequence[str] = (),
+    cancel: threading.Event | None = None,
+) -> Iterator[str]:
+    """Yield the reply text piece by piece; stop strings are cut (never emitted) and end generation."""
+    tokenizer = model.tokenizer
+    tokens: list[int] = []
+    emitted = 0
+    longest_stop = max((len(s) for s in stop), default=0)
+    for token in decode_tokens(model, input_ids, pixel_values, max_new_tokens, temperature, top_p, cancel):
+        tokens.append(token)
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            continue  # an incomplete multi-byte character: wait for the next token
+        visible, stopped = cut_at_stop(text, stop)
+        if stopped:
+            if len(visible) > emitted:
+                yield visible[emitted:]
+            return
+        safe = len(visible) - max(0, longest_stop - 1)  # hold back what could start a stop string
+        if safe > emitted:
+            yield visible[emitted:safe]
+            emitted = safe
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    if len(text) > emitted:
+        yield text[emitted:]
