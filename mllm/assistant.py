@@ -21,7 +21,7 @@ from mllm.checkpoint import META_FILE, load_checkpoint
 from mllm.config import load_model_config
 from mllm.decoding import decode_text
 from mllm.errors import MllmError
-from mllm.generation import cut_at_stop, sampling_kwargs, stream_generate
+from mllm.generation import GenerationStats, TokenCounter, cut_at_stop, sampling_kwargs, stream_generate
 from mllm.images import DEFAULT_MAX_PIXELS, ImageInput
 from mllm.model import MultimodalModel
 from mllm.processor import Message, place_images
@@ -153,34 +153,35 @@ class Assistant:
         top_p: float = 1.0,
         stop: Sequence[str] = (),
         cancel: threading.Event | None = None,
+        stats: GenerationStats | None = None,
         **generate_kwargs: Any,
     ) -> Iterator[str]:
-        """Like `chat`, yielding the reply piece by piece; setting `cancel` (or closing the iterator) stops it."""
+        """Like `chat`, yielding the reply piece by piece; setting `cancel` (or closing the iterator) stops it.
+        `stats` (a GenerationStats) receives prompt and completion token counts and the finish reason."""
+        stats = stats if stats is not None else GenerationStats()
         input_ids, pixel_values = self.prepare(messages, images)
-        kwargs = self._generate_kwargs(
-            input_ids.shape[1], max_new_tokens, temperature, top_p, generate_kwargs
-        )
+        kwargs = self._generate_kwargs(input_ids.shape[1], max_new_tokens, temperature, top_p, generate_kwargs)
+        max_new = kwargs["max_new_tokens"]
         if self.fast and not generate_kwargs:
-            return decode_text(
-                self.model,
-                input_ids,
-                pixel_values,
-                kwargs["max_new_tokens"],
-                temperature,
-                top_p,
-                stop,
-                cancel,
-            )
-        # stop strings are cut from the decoded stream, which then cancels generation at the next token
-        return stream_generate(
+            return decode_text(self.model, input_ids, pixel_values, max_new, temperature, top_p, stop, cancel, stats)
+        stats.prompt_tokens = int(input_ids.shape[1])
+        criteria = [*kwargs.pop("stopping_criteria", []), TokenCounter(stats)]
+        pieces = stream_generate(  # stop strings are cut from the stream, which then cancels generation
             self.model.generate,
             self.tokenizer,
             stop=stop,
             cancel=cancel,
             input_ids=input_ids,
             pixel_values=pixel_values,
+            stopping_criteria=criteria,
             **kwargs,
         )
+        return _finish_reason(pieces, stats, max_new)
+
+
+def _finish_reason(pieces: Iterator[str], stats: GenerationStats, max_new_tokens: int) -> Iterator[str]:
+    yield from pieces
+    stats.finish_reason = "length" if stats.completion_tokens >= max_new_tokens else "stop"
 
 
 def load(

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from transformers import DynamicCache, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
-from mllm.generation import cut_at_stop
+from mllm.generation import GenerationStats, cut_at_stop
 from mllm.model import MultimodalModel
 
 
@@ -36,8 +36,10 @@ def decode_tokens(
     top_p: float = 1.0,
     cancel: threading.Event | None = None,
     generator: torch.Generator | None = None,
+    min_new_tokens: int = 0,
 ) -> Iterator[int]:
-    """Yield new token ids for one prompt [1, T] until an end-of-sequence token, `max_new_tokens` or `cancel`."""
+    """Yield new token ids for one prompt [1, T] until an end-of-sequence token, `max_new_tokens` or `cancel`;
+    end-of-sequence is suppressed for the first `min_new_tokens` (as generate's min_new_tokens)."""
     llm = model.llm
     eos = llm.generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -50,6 +52,8 @@ def decode_tokens(
     generated = input_ids.to(model.device)
     for step in range(max_new_tokens):
         logits = out.logits[:, -1, :].float()
+        if step < min_new_tokens:
+            logits[:, sorted(eos_ids)] = -float("inf")
         if temperature > 0:
             scores = warpers(generated, logits)
             token = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator)
@@ -79,14 +83,20 @@ def decode_text(
     top_p: float = 1.0,
     stop: Sequence[str] = (),
     cancel: threading.Event | None = None,
+    stats: GenerationStats | None = None,
 ) -> Iterator[str]:
-    """Yield the reply text piece by piece; stop strings are cut (never emitted) and end generation."""
+    """Yield the reply text piece by piece; stop strings are cut (never emitted) and end generation. `stats`
+    receives the token counts and the finish reason."""
+    stats = stats if stats is not None else GenerationStats()
+    stats.prompt_tokens = int(input_ids.shape[1])
     tokenizer = model.tokenizer
     tokens: list[int] = []
     emitted = 0
     longest_stop = max((len(s) for s in stop), default=0)
     for token in decode_tokens(model, input_ids, pixel_values, max_new_tokens, temperature, top_p, cancel):
         tokens.append(token)
+        stats.completion_tokens = len(tokens)
+        stats.finish_reason = "length" if len(tokens) == max_new_tokens else "stop"
         text = tokenizer.decode(tokens, skip_special_tokens=True)
         if text.endswith("\ufffd"):
             continue  # an incomplete multi-byte character: wait for the next token

@@ -5,10 +5,31 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+
+@dataclass
+class GenerationStats:
+    """Filled in while a reply is generated: token counts (for API `usage`) and why generation ended."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"  # "stop" (end of sequence, stop string, cancel) or "length" (max_new_tokens)
+
+
+class TokenCounter(StoppingCriteria):
+    """Never stops; counts the tokens generate() produced (with inputs_embeds its input_ids are only new ones)."""
+
+    def __init__(self, stats: GenerationStats) -> None:
+        self.stats = stats
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        self.stats.completion_tokens = int(input_ids.shape[-1])
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 class CancelOnEvent(StoppingCriteria):

@@ -85,3 +85,20 @@ def test_generate_kwargs_take_the_generate_path(pair):
     _, fast = pair
     out = fast.chat(MESSAGES, max_new_tokens=6, repetition_penalty=1.3)
     assert isinstance(out, str)
+
+
+def test_stats_count_tokens_on_both_paths(pair):
+    from mllm.generation import GenerationStats
+
+    results = []
+    for assistant in pair:
+        stats = GenerationStats()
+        text = "".join(assistant.stream(MESSAGES, max_new_tokens=7, stats=stats))
+        results.append((text, stats))
+    (plain_text, plain), (fast_text, fast) = results
+    assert plain_text == fast_text
+    assert fast.prompt_tokens == plain.prompt_tokens > 5
+    assert fast.completion_tokens == plain.completion_tokens
+    assert fast.finish_reason == plain.finish_reason
+    if fast.completion_tokens == 7:
+        assert fast.finish_reason == "length"

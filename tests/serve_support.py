@@ -1,0 +1,57 @@
+"""Helpers shared by the serving tests: the tiny random model with weights scaled up so that its greedy
+replies vary from prompt to prompt (a freshly initialised tiny model answers every prompt with newlines),
+saved as a self-contained checkpoint, and small test images."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+import mllm
+from mllm.assistant import Assistant
+from mllm.checkpoint import save_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_CONFIG = ROOT / "configs" / "model" / "tiny-test.yaml"
+ARTIFACTS = ROOT / "test-artifacts"
+COLORS = {"red": (230, 0, 0), "green": (0, 170, 0), "blue": (0, 70, 255)}
+
+
+def lively_assistant(seed: int = 0, scale: float = 0.3) -> Assistant:
+    """The tiny model with its LLM and projector weights redrawn at `scale`, so greedy outputs differ."""
+    assistant = mllm.load(str(TINY_CONFIG))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in (assistant.model.llm, assistant.model.projector):
+            for param in module.parameters():
+                param.copy_(torch.randn(param.shape, generator=generator) * scale)
+    return assistant
+
+
+def lively_checkpoint(folder: Path, seed: int = 0) -> Path:
+    """`lively_assistant` saved as a checkpoint folder that holds its LLM (`save_llm=True`)."""
+    return save_checkpoint(lively_assistant(seed).model, folder, save_llm=True)
+
+
+def write_images(folder: Path) -> dict[str, Path]:
+    """A few small PNGs: one solid colour each, plus a two-colour one; name -> path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, rgb in COLORS.items():
+        paths[name] = folder / f"{name}.png"
+        Image.new("RGB", (40, 30), rgb).save(paths[name])
+    split = Image.new("RGB", (48, 48), COLORS["red"])
+    split.paste(Image.new("RGB", (24, 48), COLORS["blue"]), (24, 0))
+    paths["split"] = folder / "split.png"
+    split.save(paths["split"])
+    return paths
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
