@@ -160,10 +160,14 @@ class Assistant:
         `stats` (a GenerationStats) receives prompt and completion token counts and the finish reason."""
         stats = stats if stats is not None else GenerationStats()
         input_ids, pixel_values = self.prepare(messages, images)
-        kwargs = self._generate_kwargs(input_ids.shape[1], max_new_tokens, temperature, top_p, generate_kwargs)
+        kwargs = self._generate_kwargs(
+            input_ids.shape[1], max_new_tokens, temperature, top_p, generate_kwargs
+        )
         max_new = kwargs["max_new_tokens"]
         if self.fast and not generate_kwargs:
-            return decode_text(self.model, input_ids, pixel_values, max_new, temperature, top_p, stop, cancel, stats)
+            return decode_text(
+                self.model, input_ids, pixel_values, max_new, temperature, top_p, stop, cancel, stats
+            )
         stats.prompt_tokens = int(input_ids.shape[1])
         criteria = [*kwargs.pop("stopping_criteria", []), TokenCounter(stats)]
         pieces = stream_generate(  # stop strings are cut from the stream, which then cancels generation

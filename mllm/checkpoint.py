@@ -184,7 +184,9 @@ def load_checkpoint(folder: str | Path, **llm_overrides: Any) -> MultimodalModel
     for key, value in llm_overrides.items():
         setattr(config.llm, key, value)
     for source in (config.vision.source, config.llm.source):
-        local = source is not None and Path(source).is_absolute()  # relative paths were resolved into the folder
+        local = (
+            source is not None and Path(source).is_absolute()
+        )  # relative paths were resolved into the folder
         if local and not (Path(source) / "config.json").is_file():
             raise MllmError(f"{source}: folder is missing or has no config.json")
     model = MultimodalModel.build(config)

@@ -27,7 +27,9 @@ class TokenCounter(StoppingCriteria):
     def __init__(self, stats: GenerationStats) -> None:
         self.stats = stats
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
         self.stats.completion_tokens = int(input_ids.shape[-1])
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 

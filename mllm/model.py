@@ -82,9 +82,11 @@ class MultimodalModel(nn.Module):
         if config.lora.enabled if with_lora is None else with_lora:
             llm = apply_lora(llm, config.lora)
         vision = VisionTower(config.vision)
-        projector = build_projector(
-            config.projector, vision.hidden_size, llm.get_input_embeddings().embedding_dim
-        )
+        embeddings = llm.get_input_embeddings()
+        projector = build_projector(config.projector, vision.hidden_size, embeddings.embedding_dim)
+        # a quantized LLM is placed by bitsandbytes (e.g. on the GPU): keep the image path beside it
+        vision.to(embeddings.weight.device)
+        projector.to(embeddings.weight.device)
         return cls(config, vision, projector, llm, tokenizer)
 
     @property

@@ -188,7 +188,10 @@ class MultimodalProcessor:
         images = record.get("image")
         num_images = 0 if images is None else (1 if isinstance(images, str) else len(images))
         messages = place_images(
-            llava_to_messages(record["conversations"], sample_id), num_images, self.image_token, first_turn=True
+            llava_to_messages(record["conversations"], sample_id),
+            num_images,
+            self.image_token,
+            first_turn=True,
         )
         encoded = self.encode_conversation(messages, sample_id)
         if encoded.num_images != num_images:

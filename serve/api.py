@@ -31,8 +31,9 @@ from starlette.types import Send
 
 from mllm.assistant import Assistant
 from mllm.errors import MllmError
+from mllm.generation import GenerationStats
 from serve.openai_format import ApiError, ChatRequest, ImagePolicy, parse_chat_request
-from serve.session import ReplyStats, stream_reply
+from serve.session import stream_reply
 
 log = logging.getLogger(__name__)
 _DONE = object()
@@ -58,7 +59,7 @@ class ApiSettings:
 class ServerStats:
     """Counters for monitoring and tests: finished generations (with their stats) and cancellations."""
 
-    finished: list[ReplyStats] = field(default_factory=list)
+    finished: list[GenerationStats] = field(default_factory=list)
     cancelled: int = 0
     active: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -67,7 +68,7 @@ class ServerStats:
         with self.lock:
             self.active += 1
 
-    def ended(self, stats: ReplyStats, abandoned: bool) -> None:
+    def ended(self, stats: GenerationStats, abandoned: bool) -> None:
         with self.lock:
             self.active -= 1
             self.finished.append(stats)
@@ -109,7 +110,7 @@ class _Reply:
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self.cancel = threading.Event()
         self.abandoned = threading.Event()
-        self.stats = ReplyStats()
+        self.stats = GenerationStats()
         self.finished = False
 
     def close(self) -> None:
@@ -359,7 +360,7 @@ class ApiServer:
         yield "data: [DONE]\n\n"
 
 
-def _usage(stats: ReplyStats) -> dict[str, int]:
+def _usage(stats: GenerationStats) -> dict[str, int]:
     return {
         "prompt_tokens": stats.prompt_tokens,
         "completion_tokens": stats.completion_tokens,

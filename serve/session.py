@@ -11,15 +11,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
-from transformers import StoppingCriteria
 
 from mllm.assistant import Assistant
 from mllm.errors import MllmError
+from mllm.generation import GenerationStats
 from mllm.images import ImageInput
-from mllm.processor import Message, place_images
+from mllm.processor import Message
 
 ROLES = ("system", "user", "assistant")
 
@@ -50,15 +47,6 @@ class GenerationSettings:
             raise MllmError(f"temperature {self.temperature}: must be >= 0")
         if not 0 < self.top_p <= 1:
             raise MllmError(f"top_p {self.top_p}: must be in (0, 1]")
-
-
-@dataclass
-class ReplyStats:
-    """Filled in by `stream_reply`: token counts, and `stop` (end of turn or stop string) or `length`."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    finish_reason: str = "stop"
 
 
 class Conversation:
@@ -116,52 +104,19 @@ def build_prompt(turns: Sequence[Turn], image_token: str) -> tuple[list[Message]
     return messages, images
 
 
-class TokenCounter(StoppingCriteria):
-    """A transformers stopping criterion that never stops: it records how many tokens were generated and the
-    last one (with `inputs_embeds`, generate's `input_ids` hold only the new tokens)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.last_token: int | None = None
-
-    def __call__(
-        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
-    ) -> torch.BoolTensor:
-        self.count = int(input_ids.shape[-1])
-        if self.count:
-            self.last_token = int(input_ids[0, -1])
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-
-
-def count_prompt_tokens(assistant: Assistant, messages: Sequence[Message], num_images: int) -> int:
-    """Tokens of the encoded prompt (image placeholders included), as the model will see it."""
-    placed = place_images(messages, num_images, assistant.model.config.llm.image_token)
-    return len(assistant.model.processor.encode_prompt(placed))
-
-
-def _eos_ids(assistant: Assistant) -> set[int]:
-    eos = assistant.model.llm.generation_config.eos_token_id
-    ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-    if assistant.tokenizer.eos_token_id is not None:
-        ids.add(assistant.tokenizer.eos_token_id)
-    return ids
-
-
 def stream_reply(
     assistant: Assistant,
     turns: Sequence[Turn],
     settings: GenerationSettings,
     cancel: threading.Event | None = None,
-    stats: ReplyStats | None = None,
+    stats: GenerationStats | None = None,
 ) -> Iterator[str]:
-    """The assistant's reply to `turns`, piece by piece. Setting `cancel` or closing the iterator stops
-    generation. Problems with the input (images, length) are raised before the first piece."""
+    """The assistant's reply to `turns`, piece by piece, on the assistant's default (fast) decode path. Setting
+    `cancel` or closing the iterator stops generation; `stats` receives token counts and the finish reason.
+    Problems with the input (images, length) are raised before the first piece."""
     settings.check()
-    stats = stats if stats is not None else ReplyStats()
     messages, images = build_prompt(turns, assistant.model.config.llm.image_token)
-    stats.prompt_tokens = count_prompt_tokens(assistant, messages, len(images))
-    counter = TokenCounter()  # a stopping criterion: Assistant.stream then takes the generate() path
-    pieces = assistant.stream(
+    return assistant.stream(
         messages,
         images,
         max_new_tokens=settings.max_new_tokens,
@@ -169,26 +124,5 @@ def stream_reply(
         top_p=settings.top_p,
         stop=settings.stop,
         cancel=cancel,
-        stopping_criteria=[counter],
+        stats=stats,
     )
-    return _follow(
-        pieces,
-        counter,
-        stats,
-        assistant,
-        min(settings.max_new_tokens, assistant.context_length - stats.prompt_tokens),
-    )
-
-
-def _follow(
-    pieces: Iterator[str], counter: TokenCounter, stats: ReplyStats, assistant: Assistant, limit: int
-) -> Iterator[str]:
-    try:
-        yield from pieces
-    finally:
-        close = getattr(pieces, "close", None)
-        if close is not None:
-            close()
-        stats.completion_tokens = counter.count
-        hit_limit = counter.count >= limit and counter.last_token not in _eos_ids(assistant)
-        stats.finish_reason = "length" if hit_limit else "stop"
