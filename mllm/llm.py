@@ -31,6 +31,7 @@ from transformers import (
 from mllm.chat_templates import CHAT_TEMPLATES
 from mllm.config import LLMConfig, LoRAConfig
 from mllm.errors import MllmError
+from mllm.hub import from_pretrained
 from mllm.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -103,8 +104,10 @@ def materialize(source: str, gguf_file: str | None) -> str:
     if (target / "config.json").is_file():
         return str(target)
     log.info("dequantizing %s once into %s", gguf_path, target)
-    dequantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    dequantized = from_pretrained(
+        AutoModelForCausalLM.from_pretrained, folder, "LLM", gguf_file=gguf, dtype=torch.float32
+    )
+    tokenizer = from_pretrained(AutoTokenizer.from_pretrained, folder, "tokenizer", gguf_file=gguf)
     hf_config = dequantized.config
     del hf_config.quantization_config  # the cached copy is a plain float model
     model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
@@ -128,9 +131,8 @@ def load_tokenizer(config: LLMConfig) -> PreTrainedTokenizerBase:
     source = config.tokenizer or config.source
     if source is None:
         raise MllmError("llm: a randomly initialised LLM needs `tokenizer` set to a tokenizer source")
-    tokenizer = AutoTokenizer.from_pretrained(
-        materialize(source, config.gguf_file if not config.tokenizer else None)
-    )
+    path = materialize(source, config.gguf_file if not config.tokenizer else None)
+    tokenizer = from_pretrained(AutoTokenizer.from_pretrained, path, "tokenizer")
     if config.chat_template is not None:
         tokenizer.chat_template = CHAT_TEMPLATES.get(config.chat_template)
     if tokenizer.chat_template is None:
@@ -184,7 +186,9 @@ def load_llm(config: LLMConfig) -> PreTrainedModel:
             model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
     else:
         path = materialize(config.source, config.gguf_file)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=quant)
+        model = from_pretrained(
+            AutoModelForCausalLM.from_pretrained, path, "LLM", dtype=dtype, quantization_config=quant
+        )
     model.requires_grad_(False)
     return model
 

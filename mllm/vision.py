@@ -21,6 +21,7 @@ from transformers import (
 )
 
 from mllm.config import VisionConfig
+from mllm.hub import from_pretrained
 from mllm.images import ImagePreprocessor
 from mllm.registry import Registry
 
@@ -45,7 +46,7 @@ def build_vision_model(config: VisionConfig) -> PreTrainedModel:
     """The underlying transformers vision model, loaded from `config.source` or randomly initialised."""
     family = VISION_FAMILIES.get(config.type)
     if config.source is not None:
-        return family.model_cls.from_pretrained(config.source)
+        return from_pretrained(family.model_cls.from_pretrained, config.source, "vision tower")
     hf_config = family.config_cls(
         hidden_size=config.hidden_size,
         intermediate_size=config.intermediate_size,

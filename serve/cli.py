@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from mllm.errors import MllmError
+from mllm.hub import ALLOW_ENV
 
 # Packages whose `cli.register` adds subcommands, in the order they appear in `mllm --help`.
 COMMAND_MODULES = ("serve.chat_cli", "data_tools.cli", "train.cli", "serve.commands")
@@ -26,6 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: mllm chat --model default --message 'What is in the picture?' --image photo.png",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    parser.add_argument(
+        "--allow-network",
+        action="store_true",
+        help=f"let model loading download from a hub (sets {ALLOW_ENV}=1)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -50,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         # bitsandbytes warns at import that optional hub-downloaded CPU kernels are absent; we never use them
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    if args.allow_network:
+        os.environ[ALLOW_ENV] = "1"  # read by mllm.hub at each load, and inherited by worker processes
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
