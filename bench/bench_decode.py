@@ -66,7 +66,9 @@ def run(spec: str, new_tokens: int = 128, repeats: int = 3) -> list[dict[str, An
     def reference_decode() -> int:
         inputs = processor(images=[image], text=prompt, return_tensors="pt")
         with torch.inference_mode():
-            out = reference.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+            out = reference.generate(
+                **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
+            )
         return out.shape[1] - inputs["input_ids"].shape[1]
 
     def mllm_first() -> int:
@@ -90,23 +92,37 @@ def run(spec: str, new_tokens: int = 128, repeats: int = 3) -> list[dict[str, An
         {
             "title": f"Decode speed, batch 1, {new_tokens} new tokens, one image ({spec})",
             "note": f"Bandwidth limit: {bytes_per_token / 1e6:.0f} MB of weights per token at {bandwidth:.1f} GB/s "
-                    f"measured read bandwidth = {limit:.1f} tokens/s. Targets: mllm >= 3x the reference, "
-                    ">= 50% of the limit.",
+            f"measured read bandwidth = {limit:.1f} tokens/s. Targets: mllm >= 3x the reference, "
+            ">= 50% of the limit.",
             "rows": [
-                {"path": "mllm (default fast path)", "tokens/s": mllm_tps, "x reference": ref_tps and mllm_tps / ref_tps,
-                 "fraction of bandwidth limit": mllm_tps / limit},
-                {"path": "transformers LlavaForConditionalGeneration.generate", "tokens/s": ref_tps,
-                 "x reference": 1.0, "fraction of bandwidth limit": ref_tps / limit},
+                {
+                    "path": "mllm (default fast path)",
+                    "tokens/s": mllm_tps,
+                    "x reference": ref_tps and mllm_tps / ref_tps,
+                    "fraction of bandwidth limit": mllm_tps / limit,
+                },
+                {
+                    "path": "transformers LlavaForConditionalGeneration.generate",
+                    "tokens/s": ref_tps,
+                    "x reference": 1.0,
+                    "fraction of bandwidth limit": ref_tps / limit,
+                },
             ],
         },
         {
             "title": f"Time to first token, one image ({spec})",
             "note": "Image preprocessing + encoding + prefill + first token. Target: mllm <= 0.5x the reference.",
             "rows": [
-                {"path": "mllm (default fast path)", "seconds": first.candidate_s,
-                 "x reference time": first.candidate_s / first.reference_s},
-                {"path": "transformers LlavaForConditionalGeneration.generate", "seconds": first.reference_s,
-                 "x reference time": 1.0},
+                {
+                    "path": "mllm (default fast path)",
+                    "seconds": first.candidate_s,
+                    "x reference time": first.candidate_s / first.reference_s,
+                },
+                {
+                    "path": "transformers LlavaForConditionalGeneration.generate",
+                    "seconds": first.reference_s,
+                    "x reference time": 1.0,
+                },
             ],
         },
     ]

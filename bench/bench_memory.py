@@ -1,0 +1,97 @@
+"""Peak resident memory of `mllm serve` (the Gradio UI) idle and while answering, read from /proc (VmRSS,
+VmHWM) of the real server process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from bench.bench_decode import shapes_image
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _status_mb(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def _tree_rss_mb(pid: int) -> float:
+    """RSS of the process and its children (Gradio may start helpers)."""
+    total = _status_mb(pid, "VmRSS")
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    for child in children.read_text().split() if children.is_file() else []:
+        total += _tree_rss_mb(int(child))
+    return total
+
+
+def run(spec: str, questions: int = 4) -> list[dict[str, Any]]:
+    from gradio_client import Client, handle_file
+
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "serve.cli",
+            "serve",
+            "--model",
+            spec,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.time() + 300
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=5)
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise RuntimeError("mllm serve did not come up") from None
+                time.sleep(1)
+        time.sleep(3)
+        idle = _tree_rss_mb(server.pid)
+        image = Path(os.environ.get("TMPDIR", "/tmp")) / "mllm-bench-memory.png"
+        shapes_image().save(image)
+        client = Client(url, verbose=False)
+        api = next(iter(client.view_api(print_info=False, return_format="dict")["named_endpoints"]))
+        for _ in range(questions):
+            client.predict({"text": "Describe the image.", "files": [handle_file(str(image))]}, api_name=api)
+        peak = _status_mb(server.pid, "VmHWM")
+        after = _tree_rss_mb(server.pid)
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=30)
+    return [
+        {
+            "title": f"Memory of `mllm serve --model {spec}`",
+            "note": "Resident memory of the server process. Target: peak <= 1.2 GB with the default assistant.",
+            "rows": [
+                {"state": "idle after start-up", "MB": idle},
+                {"state": f"peak while answering {questions} image questions (VmHWM)", "MB": peak},
+                {"state": "after answering", "MB": after},
+            ],
+        }
+    ]
