@@ -7,26 +7,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from serve.commands import add_model_args, add_sampling_args, load_assistant
+
 if TYPE_CHECKING:
     from mllm.assistant import Assistant
 
 REPL_HELP = "commands: /image PATH (attach to the next message), /reset (new conversation), /quit"
-
-
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """--model and quantized-loading flags shared by the serving commands."""
-    parser.add_argument(
-        "--model", default="default", help="'default', a checkpoint folder, or a model config YAML"
-    )
-    quant = parser.add_mutually_exclusive_group()
-    quant.add_argument("--load-4bit", action="store_true", help="load the LLM in 4-bit (bitsandbytes NF4)")
-    quant.add_argument("--load-8bit", action="store_true", help="load the LLM in 8-bit (bitsandbytes)")
-
-
-def add_generation_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 means greedy decoding")
-    parser.add_argument("--top-p", type=float, default=1.0)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_args(parser)
-    add_generation_args(parser)
+    add_sampling_args(parser, max_new_tokens=256, temperature=0.0)
     parser.add_argument("--message", help="answer this message and exit (otherwise start a REPL)")
     parser.add_argument(
         "--image", action="append", default=[], metavar="PATH", help="attach an image (repeatable)"
@@ -57,10 +43,8 @@ def check_images(paths: list[str]) -> None:
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    import mllm
-
     check_images(args.image)
-    assistant = mllm.load(args.model, load_in_4bit=args.load_4bit, load_in_8bit=args.load_8bit)
+    assistant = load_assistant(args)
     gen = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p}
     system = [{"role": "system", "content": args.system}] if args.system else []
     if args.message is not None:
