@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from data_tools.llava import SHORT_ANSWER_SUFFIX
-from mllm.images import DEFAULT_MAX_PIXELS
+from mllm.limits import DEFAULT_MAX_PIXELS
 
 _FORMATTER = argparse.RawDescriptionHelpFormatter  # keeps the epilog's example lines as written
 _MODEL_HELP = "model whose tokenizer counts tokens: `default`, a checkpoint folder or a model YAML"

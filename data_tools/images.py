@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from data_tools.schema import IMAGE_INVALID, IMAGE_MISSING, IMAGE_PATH, IMAGE_TOO_LARGE, Problem
-from mllm.images import DEFAULT_MAX_PIXELS
+from mllm.limits import DEFAULT_MAX_PIXELS
 
 
 def resolve_image(folder: Path, relative: str, field_name: str) -> tuple[Path | None, Problem | None]:

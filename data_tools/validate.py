@@ -14,7 +14,7 @@ from data_tools.llava import Record, SourceRecord, read_source_records, write_re
 from data_tools.schema import DUPLICATE_ID, ENCODE, ERROR_KINDS, TOO_LONG, Problem, check_record
 from data_tools.tokens import measure_lengths
 from mllm.errors import MllmError
-from mllm.images import DEFAULT_MAX_PIXELS
+from mllm.limits import DEFAULT_MAX_PIXELS
 
 MAX_FIX_LINES = 20  # fixes are listed up to this many, then counted
 

@@ -8,6 +8,9 @@ __version__ = "0.1.0"
 __all__ = ["Assistant", "MllmError", "__version__", "load"]
 
 from mllm.errors import MllmError
+from mllm.hub import default_offline_env
+
+default_offline_env()  # before transformers / huggingface_hub are imported: offline unless allowed
 
 if TYPE_CHECKING:
     from mllm.assistant import Assistant

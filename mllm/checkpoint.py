@@ -111,6 +111,14 @@ def _atomic_folder(target: Path, write: Callable[[Path], None]) -> None:
             for name in files:
                 with open(os.path.join(root, name), "rb") as f:
                     os.fsync(f.fileno())
+    except (OSError, SafetensorError) as exc:  # a full disk, a quota, a file size limit: nothing was replaced
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = "the previous checkpoint is unchanged" if target.exists() else "nothing was written"
+        raise MllmError(f"{target}: cannot write the checkpoint ({exc}); {kept}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
         old = None
         if target.exists():
             old = target.parent / f".old-{target.name}-{time.time_ns()}"

@@ -14,6 +14,14 @@ ALLOW_ENV = "MLLM_ALLOW_NETWORK"
 T = TypeVar("T")
 
 
+def default_offline_env() -> None:
+    """Make the Hugging Face libraries offline unless the user allowed the network. huggingface_hub reads
+    HF_HUB_OFFLINE once, when it is imported, so `import mllm` calls this first; a value the user set is kept.
+    (local_files_only alone still lets transformers look up adapter configs and hub registries online.)"""
+    if not network_allowed():
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
 def network_allowed() -> bool:
     """Whether model loading may download from a hub (read at each call, never cached)."""
     return os.environ.get(ALLOW_ENV, "") == "1"

@@ -13,8 +13,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mllm.errors import MllmError
+from mllm.limits import DEFAULT_MAX_PIXELS
 
-DEFAULT_MAX_PIXELS = 40_000_000
 ImageInput = str | Path | bytes | Image.Image
 
 
@@ -63,7 +63,11 @@ def load_image(src: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.I
                     )
                 image.seek(0)  # first frame of an animation
                 image.load()
-        except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            # PIL's own bomb check (a larger limit) fires inside Image.open, before ours
+            limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
+            raise MllmError(f"{name}: image is over the limit of {limit} pixels ({exc})") from None
+        except UnidentifiedImageError as exc:
             raise MllmError(f"{name}: not a readable image ({exc})") from None
         except (OSError, SyntaxError, ValueError) as exc:
             raise MllmError(f"{name}: corrupt or truncated image ({exc})") from None

@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     if args.allow_network:
         os.environ[ALLOW_ENV] = "1"  # read by mllm.hub at each load, and inherited by worker processes
+        os.environ["HF_HUB_OFFLINE"] = "0"  # huggingface_hub is not imported yet: commands import it lazily
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
