@@ -4,7 +4,6 @@ pad to square with the mean colour, resize and normalize into a pixel tensor."""
 from __future__ import annotations
 
 import io
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,17 +52,15 @@ def load_image(src: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.I
         if not data:
             raise MllmError(f"{name}: image file is empty")
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(io.BytesIO(data))
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise MllmError(
-                        f"{name}: image is {width}x{height}, over the limit of {max_pixels} pixels"
-                    )
-                image.seek(0)  # first frame of an animation
-                image.load()
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise MllmError(
+                    f"{name}: image is {width}x{height}, over the limit of {max_pixels} pixels"
+                )
+            image.seek(0)  # first frame of an animation
+            image.load()
+        except Image.DecompressionBombError as exc:
             # PIL's own bomb check (a larger limit) fires inside Image.open, before ours
             limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
             raise MllmError(f"{name}: image is over the limit of {limit} pixels ({exc})") from None

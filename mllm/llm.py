@@ -187,7 +187,12 @@ def load_llm(config: LLMConfig) -> PreTrainedModel:
     else:
         path = materialize(config.source, config.gguf_file)
         model = from_pretrained(
-            AutoModelForCausalLM.from_pretrained, path, "LLM", dtype=dtype, quantization_config=quant
+            AutoModelForCausalLM.from_pretrained,
+            path,
+            "LLM",
+            dtype=dtype,
+            quantization_config=quant,
+            use_safetensors=True,  # weights are never unpickled
         )
     model.requires_grad_(False)
     return model

@@ -46,7 +46,9 @@ def build_vision_model(config: VisionConfig) -> PreTrainedModel:
     """The underlying transformers vision model, loaded from `config.source` or randomly initialised."""
     family = VISION_FAMILIES.get(config.type)
     if config.source is not None:
-        return from_pretrained(family.model_cls.from_pretrained, config.source, "vision tower")
+        return from_pretrained(
+            family.model_cls.from_pretrained, config.source, "vision tower", use_safetensors=True
+        )
     hf_config = family.config_cls(
         hidden_size=config.hidden_size,
         intermediate_size=config.intermediate_size,

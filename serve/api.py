@@ -3,7 +3,8 @@
 Endpoints: `POST /v1/chat/completions` (OpenAI messages with image_url parts; `"stream": true` answers with
 server-sent events), `GET /v1/models`, `GET /v1/models/{id}` and `GET /health`. Every refusal uses OpenAI's
 error shape `{"error": {"message", "type", "param", "code"}}` with a 4xx status: a wrong or missing API key
-(401), a body over the size limit (413), invalid JSON or fields (400), a full queue (429).
+(401), a body over the size limit (413), invalid JSON or fields (400), a `model` other than the served model's
+id or the alias "default" (404 `model_not_found`), a full queue (429).
 
 Generation runs in worker threads, at most `concurrency` at once with at most `max_queue` requests waiting;
 a client that disconnects mid-stream cancels its generation.
@@ -38,6 +39,7 @@ from serve.session import stream_reply
 log = logging.getLogger(__name__)
 _DONE = object()
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+MODEL_ALIAS = "default"
 
 
 @dataclass
@@ -84,7 +86,8 @@ class GenerationGate:
         self.max_queue = max_queue
         self.waiting = 0
 
-    async def enter(self) -> None:
+    def check(self) -> None:
+        """Refuse (429) when every slot is busy and the queue is full."""
         if self.semaphore.locked() and self.waiting >= self.max_queue:
             raise ApiError(
                 429,
@@ -92,6 +95,9 @@ class GenerationGate:
                 code="queue_full",
                 type="rate_limit_error",
             )
+
+    async def enter(self) -> None:
+        self.check()
         self.waiting += 1
         try:
             await self.semaphore.acquire()
@@ -201,7 +207,9 @@ class ApiServer:
         @app.post("/v1/chat/completions")
         async def chat_completions(request: Request) -> Any:
             self._authorize(request)
+            self.gate.check()  # refuse a full queue before reading the body and decoding its images
             body = await self._read_json(request)
+            self._check_model(body)
             chat = await anyio.to_thread.run_sync(self._parse, body)
             return await self._complete(chat)
 
@@ -221,6 +229,24 @@ class ApiServer:
                 401,
                 "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
                 code="invalid_api_key",
+            )
+
+    def _check_model(self, body: Any) -> None:
+        """Refuse a request for a model this server does not have (the served id and "default" are accepted)."""
+        if not isinstance(body, dict):
+            return  # parse_chat_request explains what the body should be
+        model = body.get("model")
+        served = self.assistant.name
+        if not isinstance(model, str) or not model:
+            raise ApiError(
+                400, f"model: expected the model id as a string ({served!r} or {MODEL_ALIAS!r})", "model"
+            )
+        if model not in (served, MODEL_ALIAS):
+            raise ApiError(
+                404,
+                f"model {model!r} not found; this server has {served!r} (or use {MODEL_ALIAS!r})",
+                "model",
+                "model_not_found",
             )
 
     async def _read_json(self, request: Request) -> Any:
@@ -282,17 +308,24 @@ class ApiServer:
             except BaseException as exc:  # handed to the request's task, raised or reported there
                 loop.call_soon_threadsafe(reply.queue.put_nowait, exc)
             finally:
-                self.stats.ended(reply.stats, reply.abandoned.is_set())
-                if reply.abandoned.is_set():
+                abandoned = reply.abandoned.is_set()  # read before _DONE lets the request close the reply
+                # one callback frees the slot and then ends the reply, so the client never has its answer (or
+                # sees the counters move) while the slot is still taken
+                loop.call_soon_threadsafe(self._finish, reply)
+                self.stats.ended(reply.stats, abandoned)
+                if abandoned:
                     log.info(
                         "client went away: generation stopped after %d token(s)",
                         reply.stats.completion_tokens,
                     )
-                loop.call_soon_threadsafe(reply.queue.put_nowait, _DONE)
-                loop.call_soon_threadsafe(self.gate.release)
 
         threading.Thread(target=work, name="mllm-api-reply", daemon=True).start()
         return reply
+
+    def _finish(self, reply: _Reply) -> None:
+        """On the event loop: free the generation slot, then mark the reply done."""
+        self.gate.release()
+        reply.queue.put_nowait(_DONE)
 
     async def _complete(self, chat: ChatRequest) -> Any:
         reply = await self._start(chat)

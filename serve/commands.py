@@ -139,6 +139,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_p=args.top_p,
+        max_file_mb=args.max_file_mb,
     )
     launch(load_assistant(args), settings)
     return 0
@@ -236,6 +237,9 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--max-queue", type=_positive, default=32, help="requests that may wait (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max-file-mb", type=float, default=20.0, help="largest uploaded image (default: %(default)s MB)"
     )
     add_sampling_args(p, max_new_tokens=256, temperature=0.2)
     p.set_defaults(func=_serve)

@@ -242,6 +242,10 @@ def parse_chat_request(
             "too_many_images",
         )
     turns = [_turn(message, index, policy) for index, message in enumerate(messages)]
+    for index, turn in enumerate(turns):
+        if turn.role == "user" and not turn.text.strip() and not turn.images:
+            where = f"messages[{index}].content"
+            raise ApiError(400, f"{where}: the message is empty (no text, no image)", where, "empty_message")
     if turns[-1].role != "user":
         raise ApiError(400, "messages: the last message must come from the user", "messages")
     if body.get("n", 1) != 1:

@@ -37,6 +37,7 @@ class UISettings:
     max_new_tokens: int = 256
     temperature: float = 0.2
     top_p: float = 1.0
+    max_file_mb: float = 20.0  # largest upload Gradio accepts, per file (it answers 413 past it)
 
 
 def load_examples(folder: Path = EXAMPLES_DIR) -> list[dict[str, Any]]:
@@ -195,6 +196,7 @@ class ChatUI:
                 concurrency_limit=s.concurrency,
                 fill_height=True,
                 api_name="chat",
+                analytics_enabled=False,  # its own Blocks: telemetry would call api.gradio.app at launch
             )
         demo.queue(default_concurrency_limit=s.concurrency, max_size=s.max_queue)
         return demo
@@ -206,6 +208,7 @@ class ChatUI:
             server_port=self.settings.port,
             prevent_thread_lock=not block,
             show_error=True,
+            max_file_size=int(self.settings.max_file_mb * 1024 * 1024),
             allowed_paths=[str(EXAMPLES_DIR)],
             footer_links=[],
             quiet=not block,

@@ -142,6 +142,20 @@ def error_record(problem: Problem, model_id: str) -> dict[str, Any]:
     }
 
 
+def image_path(folder: Path, name: str) -> Path:
+    """The file `name` inside `folder`; an absolute name or one that escapes the folder (`..`, a symlink
+    pointing out) raises MllmError naming it."""
+    if "\x00" in name:
+        raise MllmError(f"field image: {name!r} contains a NUL character")
+    if Path(name).is_absolute():
+        raise MllmError(f"field image: absolute path {name!r}; names are relative to --image-folder")
+    root = folder.resolve()
+    path = (root / name).resolve()
+    if not path.is_relative_to(root):
+        raise MllmError(f"field image: {name!r} is outside the image folder {folder}")
+    return path
+
+
 def _batches(items: Sequence[Question], size: int) -> Iterator[Sequence[Question]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -206,7 +220,7 @@ def run_questions(
             results: dict[int, dict[str, Any]] = {}
             for question in batch:
                 try:
-                    images = [image_folder / name for name in question.images]
+                    images = [image_path(image_folder, name) for name in question.images]
                     ready.append((question, encode_item(assistant, images, question.text)))
                 except MllmError as exc:
                     problem = Problem(

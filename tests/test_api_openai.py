@@ -124,16 +124,16 @@ def test_completion_stream_and_not(
 
 def test_stop_and_sampling(client: openai.OpenAI, images: dict[str, Path]) -> None:
     messages = ask("Describe it.", data_url(images["blue"]))
-    full = client.chat.completions.create(model="m", messages=messages, max_tokens=12, temperature=0)
+    full = client.chat.completions.create(model="tiny-test", messages=messages, max_tokens=12, temperature=0)
     text = full.choices[0].message.content
     stop = text[len(text) // 2 : len(text) // 2 + 3]
     cut = client.chat.completions.create(
-        model="m", messages=messages, max_tokens=12, temperature=0, stop=[stop]
+        model="tiny-test", messages=messages, max_tokens=12, temperature=0, stop=[stop]
     )
     assert cut.choices[0].message.content == text[: text.index(stop)]
     assert cut.choices[0].finish_reason == "stop"
     sampled = client.chat.completions.create(
-        model="m", messages=messages, max_tokens=5, temperature=0.9, top_p=0.8
+        model="tiny-test", messages=messages, max_tokens=5, temperature=0.9, top_p=0.8
     )
     assert sampled.usage.completion_tokens == 5
     multi = [
@@ -143,7 +143,10 @@ def test_stop_and_sampling(client: openai.OpenAI, images: dict[str, Path]) -> No
         {"role": "user", "content": "Are you sure?"},
     ]
     assert (
-        client.chat.completions.create(model="m", messages=multi, max_tokens=2).usage.completion_tokens == 2
+        client.chat.completions.create(
+            model="tiny-test", messages=multi, max_tokens=2
+        ).usage.completion_tokens
+        == 2
     )
 
 
@@ -171,7 +174,7 @@ def test_error_cases_then_success(client: openai.OpenAI, server: ApiServer, imag
     ]
     for messages, extra, error, code in bad_cases:
         with pytest.raises(error) as info:
-            client.chat.completions.create(model="m", messages=messages, **extra)
+            client.chat.completions.create(model="tiny-test", messages=messages, **extra)
         assert info.value.body is not None and "message" in info.value.body
         if code is not None:
             assert info.value.code == code, info.value.body
@@ -182,19 +185,19 @@ def test_error_cases_then_success(client: openai.OpenAI, server: ApiServer, imag
     big.save(buffer, format="PNG")
     small_url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model="m", messages=ask("x", small_url))
+        client.chat.completions.create(model="tiny-test", messages=ask("x", small_url))
     assert info.value.code == "image_too_large"
     assert_works(client, images)
 
     huge = "data:image/png;base64," + "A" * (600 * 1024)  # body over the 512 KiB limit
     with pytest.raises(openai.APIStatusError) as info:
-        client.chat.completions.create(model="m", messages=ask("x", huge))
+        client.chat.completions.create(model="tiny-test", messages=ask("x", huge))
     assert info.value.status_code == 413 and info.value.code == "request_too_large"
     assert_works(client, images)
 
     response = httpx.post(
         url + "/v1/chat/completions",
-        content=b'{"model": "m", "messages": [',
+        content=b'{"model": "tiny-test", "messages": [',
         headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
     )
     assert response.status_code == 400
@@ -207,7 +210,7 @@ def test_error_cases_then_success(client: openai.OpenAI, server: ApiServer, imag
         assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
     wrong = openai.OpenAI(base_url=url + "/v1", api_key="wrong-key", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
-        wrong.chat.completions.create(model="m", messages=ask("x", data_url(images["red"])))
+        wrong.chat.completions.create(model="tiny-test", messages=ask("x", data_url(images["red"])))
     assert_works(client, images)
 
     assert httpx.get(url + "/v1/nowhere").json()["error"]["code"] == "not_found"
@@ -215,10 +218,10 @@ def test_error_cases_then_success(client: openai.OpenAI, server: ApiServer, imag
 
 def test_local_image_inside_allowed_folder(client: openai.OpenAI, images: dict[str, Path]) -> None:
     for ref in (str(images["green"]), images["green"].as_uri(), "green.png"):
-        reply = client.chat.completions.create(model="m", messages=ask("Color?", ref), max_tokens=2)
+        reply = client.chat.completions.create(model="tiny-test", messages=ask("Color?", ref), max_tokens=2)
         assert reply.usage.completion_tokens == 2
     with pytest.raises(openai.PermissionDeniedError):
-        client.chat.completions.create(model="m", messages=ask("x", "../../etc/hosts"))
+        client.chat.completions.create(model="tiny-test", messages=ask("x", "../../etc/hosts"))
 
 
 def test_remote_images_only_when_allowed(
@@ -231,12 +234,16 @@ def test_remote_images_only_when_allowed(
     remote = f"http://127.0.0.1:{files.server_address[1]}/blue.png"
     try:
         with pytest.raises(openai.BadRequestError):
-            client.chat.completions.create(model="m", messages=ask("x", remote))
+            client.chat.completions.create(model="tiny-test", messages=ask("x", remote))
         server.policy.allow_remote = True
-        reply = client.chat.completions.create(model="m", messages=ask("Color?", remote), max_tokens=2)
+        reply = client.chat.completions.create(
+            model="tiny-test", messages=ask("Color?", remote), max_tokens=2
+        )
         assert reply.usage.completion_tokens == 2
         with pytest.raises(openai.BadRequestError) as info:
-            client.chat.completions.create(model="m", messages=ask("x", remote.replace("blue", "nope")))
+            client.chat.completions.create(
+                model="tiny-test", messages=ask("x", remote.replace("blue", "nope"))
+            )
         assert info.value.code == "image_fetch_failed"
     finally:
         server.policy.allow_remote = False
@@ -248,12 +255,18 @@ def test_queue_limit_and_disconnect_cancels(
 ) -> None:
     before = server.stats.cancelled
     stream = client.chat.completions.create(
-        model="m", messages=ask("Talk.", data_url(images["red"])), max_tokens=1400, temperature=0, stream=True
+        model="tiny-test",
+        messages=ask("Talk.", data_url(images["red"])),
+        max_tokens=1400,
+        temperature=0,
+        stream=True,
     )
     pieces = iter(stream)
     next(pieces), next(pieces)  # generation is running and holds the only slot
     with pytest.raises(openai.RateLimitError) as info:  # concurrency 1, max_queue 0
-        client.chat.completions.create(model="m", messages=ask("x", data_url(images["red"])), max_tokens=2)
+        client.chat.completions.create(
+            model="tiny-test", messages=ask("x", data_url(images["red"])), max_tokens=2
+        )
     assert info.value.status_code == 429 and info.value.code == "queue_full"
     stream.close()  # the client goes away mid-stream
     deadline = time.monotonic() + 20
@@ -271,7 +284,7 @@ def test_concurrent_requests_queue_up(server: ApiServer, images: dict[str, Path]
 
     def one() -> None:
         reply = client.chat.completions.create(
-            model="m", messages=ask("x", data_url(images["red"])), max_tokens=2
+            model="tiny-test", messages=ask("x", data_url(images["red"])), max_tokens=2
         )
         results.append(reply.usage.completion_tokens)
 
