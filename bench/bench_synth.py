@@ -36,10 +36,14 @@ def draw_only(out: Path, count: int, seed: int, image_size: int) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--num-images", type=int, default=BUDGET_IMAGES)
     parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--reference-images", type=int, default=2000, help="images of the draw-only reference")
+    parser.add_argument(
+        "--reference-images", type=int, default=2000, help="images of the draw-only reference"
+    )
     parser.add_argument("--keep", type=Path, help="write here and keep the output")
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
@@ -47,8 +51,14 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="bench-synth-"))
     try:
         out = args.keep or root / "synth"
-        config = SynthConfig(out=out, num_images=args.num_images, seed=0, image_size=args.image_size,
-                             overwrite=True, progress=False)
+        config = SynthConfig(
+            out=out,
+            num_images=args.num_images,
+            seed=0,
+            image_size=args.image_size,
+            overwrite=True,
+            progress=False,
+        )
         summary = synthesize(config)
         floor = draw_only(root / "draw-only", args.reference_images, 0, args.image_size)
     finally:
@@ -56,11 +66,17 @@ def main() -> int:
     rate = summary.images / summary.seconds
     floor_rate = args.reference_images / floor
     budget_rate = BUDGET_IMAGES / BUDGET_SECONDS
-    print(f"synth: {summary.images} images ({args.image_size}px) + {summary.instruct_records} instruction records "
-          f"+ {summary.vqa_questions} VQA questions in {summary.seconds:.1f} s = {rate:.0f} images/s")
-    print(f"reference, draw + save PNG only: {floor_rate:.0f} images/s (synth runs at {rate / floor_rate:.0%} of it)")
-    print(f"reference, budget of {BUDGET_IMAGES} images in {BUDGET_SECONDS:.0f} s: {budget_rate:.1f} images/s "
-          f"(synth is {rate / budget_rate:.1f}x faster; {BUDGET_IMAGES / rate:.1f} s for {BUDGET_IMAGES})")
+    print(
+        f"synth: {summary.images} images ({args.image_size}px) + {summary.instruct_records} instruction records "
+        f"+ {summary.vqa_questions} VQA questions in {summary.seconds:.1f} s = {rate:.0f} images/s"
+    )
+    print(
+        f"reference, draw + save PNG only: {floor_rate:.0f} images/s (synth runs at {rate / floor_rate:.0%} of it)"
+    )
+    print(
+        f"reference, budget of {BUDGET_IMAGES} images in {BUDGET_SECONDS:.0f} s: {budget_rate:.1f} images/s "
+        f"(synth is {rate / budget_rate:.1f}x faster; {BUDGET_IMAGES / rate:.1f} s for {BUDGET_IMAGES})"
+    )
     return 0 if rate >= budget_rate else 1
 
 

@@ -40,8 +40,9 @@ class Comparison:
         return self.reference_s / self.candidate_s
 
 
-def alternate(name: str, candidate: Callable[[], Any], reference: Callable[[], Any], repeats: int = 3,
-              warmup: int = 1) -> Comparison:
+def alternate(
+    name: str, candidate: Callable[[], Any], reference: Callable[[], Any], repeats: int = 3, warmup: int = 1
+) -> Comparison:
     """Time `candidate` and `reference` in alternation (ABAB...), after `warmup` untimed runs of each."""
     for _ in range(warmup):
         candidate()
@@ -77,8 +78,9 @@ def machine() -> dict[str, Any]:
                 cpu = line.split(":", 1)[1].strip()
                 break
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=BENCH_DIR).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=BENCH_DIR
+    ).stdout.strip()
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpu": cpu,

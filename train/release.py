@@ -1,0 +1,270 @@
+"""The release recipe of the shipped default assistant, from nothing: synthetic shapes data -> clip -> align ->
+instruct -> eval (VQA on the test, compositional and held-out-paraphrase splits, text skills), each stage
+timed, then (with --install) the final checkpoint copied into mllm/assets/default/.
+
+    python -m train.release --out runs/release --install          # what `make release-model` runs
+
+Every training stage runs as its own `python -m train` process with the shipped configs in configs/train/
+(paths pointed into --out by overrides), so the recipe is the same commands a person would type.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mllm.errors import MllmError
+
+log = logging.getLogger("train.release")
+REPO = Path(__file__).resolve().parent.parent
+ASSET = REPO / "mllm" / "assets" / "default"
+MAX_ASSET_MB = 40.0
+# (folder, split, seed, number of images, VQA phrasing)
+DATA_SPLITS = (
+    ("train", "train", 0, 8000, "train"),
+    ("test", "test", 1, 200, "train"),
+    ("compositional", "compositional", 2, 200, "train"),
+    ("paraphrase", "test", 1, 200, "heldout"),
+)
+
+
+def synth_data(out: Path, image_size: int, scale: float) -> None:
+    """The four data folders (train, test, compositional, paraphrase: the test images with held-out wording)."""
+    from data_tools.synth.writer import SynthConfig, synthesize
+
+    for folder, split, seed, count, phrasing in DATA_SPLITS:
+        n = max(16, int(count * scale))
+        summary = synthesize(
+            SynthConfig(
+                out=out / folder,
+                num_images=n,
+                seed=seed,
+                image_size=image_size,
+                split=split,
+                phrasing=phrasing,
+                overwrite=True,
+                progress=False,
+            )
+        )
+        log.info(
+            "data %s: %d images, %d instruction records, %d VQA questions",
+            folder,
+            summary.images,
+            summary.instruct_records,
+            summary.vqa_questions,
+        )
+
+
+def run_stage(config: str, overrides: list[str], log_file: Path, output_dir: Path) -> dict[str, Any]:
+    """`python -m train CONFIG OVERRIDES` with its output in `log_file`; the run summary (summary.json)."""
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    command = [sys.executable, "-m", "train", config, *overrides, "progress=false"]
+    log.info("running %s (log: %s)", " ".join(command[2:]), log_file)
+    with log_file.open("w") as logs:
+        result = subprocess.run(command, cwd=REPO, env=env, stdout=logs, stderr=subprocess.STDOUT, text=True)
+    if result.returncode != 0:
+        raise MllmError(f"stage {config} failed with exit code {result.returncode}; see {log_file}")
+    return json.loads((output_dir / "summary.json").read_text())
+
+
+def evaluate_release(checkpoint: Path, data: Path, out: Path, batch_size: int = 16) -> dict[str, Any]:
+    """VQA accuracy per split and type, and the text-skills check against the base SmolLM2."""
+    from mllm.assistant import load_model
+    from train.evaluate import load_vqa, vqa_accuracy
+    from train.text_skills import check
+
+    model = load_model(str(checkpoint))
+    results: dict[str, Any] = {}
+    for split in ("test", "compositional", "paraphrase"):
+        items = load_vqa(data / split / "vqa_questions.jsonl", data / split / "vqa_answers.jsonl", None)
+        started = time.perf_counter()
+        results[split] = vqa_accuracy(model, items, batch_size=batch_size, merge_lora=True)
+        results[split]["questions"] = len(items)
+        log.info(
+            "VQA %s (%d questions, %.0f s): %s",
+            split,
+            len(items),
+            time.perf_counter() - started,
+            json.dumps(results[split]),
+        )
+    del model
+    skills = check(str(checkpoint), str(REPO / "configs" / "model" / "smollm2.yaml"))
+    (out / "text_skills.json").write_text(json.dumps(skills, indent=2) + "\n")
+    results["text_skills"] = {k: skills[k] for k in ("questions", "base_correct", "kept")}
+    log.info("text skills: %s", results["text_skills"])
+    return results
+
+
+def install(checkpoint: Path, target: Path = ASSET) -> float:
+    """Copy the checkpoint (without resume state) into the package assets, atomically; its size in MB."""
+    size = sum(p.stat().st_size for p in checkpoint.rglob("*") if p.is_file()) / 2**20
+    if size > MAX_ASSET_MB:
+        raise MllmError(
+            f"{checkpoint}: {size:.1f} MB is over the {MAX_ASSET_MB:.0f} MB budget of the shipped model"
+        )
+    tmp = target.parent / f".tmp-{target.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(checkpoint, tmp, ignore=shutil.ignore_patterns("state", "README.md"))
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.replace(target)
+    return size
+
+
+STAGES = ("data", "clip", "align", "instruct", "eval")
+
+
+def release(
+    out: Path, do_install: bool, scale: float, extra: dict[str, list[str]], start_at: str = "data"
+) -> dict[str, Any]:
+    """Run every stage from `start_at` on (earlier ones are kept from OUT/release.json); the timings and
+    results (also written to OUT/release.json)."""
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "data"
+    previous: dict[str, Any] = {}
+    if start_at != "data":
+        if not (out / "release.json").is_file():
+            raise MllmError(f"{out}: --start-at {start_at} needs the release.json of an earlier run there")
+        previous = json.loads((out / "release.json").read_text())
+    timings: dict[str, float] = {
+        k: v for k, v in previous.get("timings_s", {}).items() if STAGES.index(k) < STAGES.index(start_at)
+    }
+    report: dict[str, Any] = {
+        "timings_s": timings,
+        "stages": {
+            k: v for k, v in previous.get("stages", {}).items() if STAGES.index(k) < STAGES.index(start_at)
+        },
+    }
+    if start_at != "data":
+        report["started_at_stage"] = start_at
+
+    def todo(name: str) -> bool:
+        return STAGES.index(name) >= STAGES.index(start_at)
+
+    def timed(name: str, fn: Any) -> Any:
+        started = time.perf_counter()
+        result = fn()
+        timings[name] = round(time.perf_counter() - started, 1)
+        log.info("stage %s took %.0f s", name, timings[name])
+        (out / "release.json").write_text(json.dumps(report, indent=2) + "\n")
+        return result
+
+    if todo("data"):
+        timed("data", lambda: synth_data(data, 96, scale))
+    train, test = data / "train", data / "test"
+    if todo("clip"):
+        report["stages"]["clip"] = timed(
+            "clip",
+            lambda: run_stage(
+                "configs/train/clip.yaml",
+                [
+                    f"output_dir={out / 'clip'}",
+                    f"data.train={train / 'pairs.jsonl'}",
+                    f"data.eval={test / 'pairs.jsonl'}",
+                    *extra.get("clip", []),
+                ],
+                out / "clip.log",
+                out / "clip",
+            ),
+        )
+    common = [f"data.image_folder={train / 'images'}", f"data.eval_image_folder={test / 'images'}"]
+    if todo("align"):
+        report["stages"]["align"] = timed(
+            "align",
+            lambda: run_stage(
+                "configs/train/align.yaml",
+                [
+                    f"output_dir={out / 'align'}",
+                    f"vision_source={out / 'clip' / 'vision'}",
+                    f"data.train={train / 'align.json'}",
+                    f"data.eval={test / 'align.json'}",
+                    *common,
+                    *extra.get("align", []),
+                ],
+                out / "align.log",
+                out / "align",
+            ),
+        )
+    if todo("instruct"):
+        report["stages"]["instruct"] = timed(
+            "instruct",
+            lambda: run_stage(
+                "configs/train/instruct.yaml",
+                [
+                    f"output_dir={out / 'instruct'}",
+                    f"init_from={out / 'align' / 'final'}",
+                    f"data.train={train / 'instruct.json'}",
+                    f"data.eval={test / 'instruct.json'}",
+                    *common,
+                    f"data.vqa_questions={test / 'vqa_questions.jsonl'}",
+                    f"data.vqa_answers={test / 'vqa_answers.jsonl'}",
+                    *extra.get("instruct", []),
+                ],
+                out / "instruct.log",
+                out / "instruct",
+            ),
+        )
+    final = out / "instruct" / "final"
+    if todo("eval"):
+        report["eval"] = timed("eval", lambda: evaluate_release(final, data, out))
+    if do_install:
+        report["asset_mb"] = round(install(final), 2)
+        log.info("installed %s into %s (%.1f MB)", final, ASSET, report["asset_mb"])
+    report["total_s"] = round(sum(timings.values()), 1)  # stages kept from an earlier run count as they took
+    (out / "release.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m train.release",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "release")
+    parser.add_argument("--install", action="store_true", help="copy the result into mllm/assets/default/")
+    parser.add_argument("--scale", type=float, default=1.0, help="scale the number of images (smoke runs)")
+    parser.add_argument(
+        "--start-at",
+        choices=STAGES,
+        default="data",
+        help="skip the stages before this one, reusing their outputs in --out",
+    )
+    for stage in ("clip", "align", "instruct"):
+        parser.add_argument(
+            f"--{stage}", nargs="*", default=[], metavar="KEY=VALUE", help=f"overrides for the {stage} stage"
+        )
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        report = release(
+            args.out,
+            args.install,
+            args.scale,
+            {"clip": args.clip, "align": args.align, "instruct": args.instruct},
+            args.start_at,
+        )
+    except MllmError as exc:
+        print(f"release: error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
