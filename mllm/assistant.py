@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).parent / "assets"
 SHIPPED_MODELS: Registry[Path] = Registry("shipped model")
-SHIPPED_MODELS.add("default", ASSETS / "default.yaml")
+SHIPPED_MODELS.add("default", ASSETS / "default")  # the checkpoint `make release-model` installs
 
 
 def resolve_model(spec: str | Path) -> Path:

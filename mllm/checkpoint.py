@@ -105,6 +105,7 @@ def load_adapter_weights(llm: PeftModel, folder: Path) -> None:
 def _atomic_folder(target: Path, write: Callable[[Path], None]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is an ordinary readable folder
     try:
         write(tmp)
         for root, _dirs, files in os.walk(tmp):  # make the bytes durable before the rename publishes them
