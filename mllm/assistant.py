@@ -64,15 +64,12 @@ def load_model(spec: str | Path, **llm_overrides: Any) -> MultimodalModel:
 class Assistant:
     """A loaded model ready to chat. Thread-safe for concurrent generation (inference only).
 
-    `fast=True` (the default) merges LoRA into the LLM weights and decodes with mllm.decoding's token loop;
-    `fast=False` keeps the adapters separate and uses transformers' generate. Greedy outputs are the same.
-    Extra generate() keyword arguments always take the generate path."""
+    `fast=True` (the default) decodes with mllm.decoding's token loop, `fast=False` with transformers'
+    generate; greedy outputs are the same. Extra generate() keyword arguments always take the generate path.
+    `load` also merges LoRA into the LLM weights for its fast path (merge_for_inference)."""
 
     def __init__(self, model: MultimodalModel, name: str = "mllm", fast: bool = True) -> None:
-        quantized = model.config.llm.load_in_4bit or model.config.llm.load_in_8bit
-        if fast and isinstance(model.llm, PeftModel) and not quantized:
-            model.llm = model.llm.merge_and_unload()
-        self.model = model.eval()
+        self.model = model.eval()  # never modified here: a training loop may hand over the model it trains
         self.name = name
         self.fast = fast
         self.max_pixels = DEFAULT_MAX_PIXELS
@@ -188,6 +185,15 @@ def _finish_reason(pieces: Iterator[str], stats: GenerationStats, max_new_tokens
     stats.finish_reason = "length" if stats.completion_tokens >= max_new_tokens else "stop"
 
 
+def merge_for_inference(model: MultimodalModel) -> MultimodalModel:
+    """Merge LoRA adapters into the LLM weights (faster decoding; the adapters are gone afterwards, so only
+    for a model that is not trained or saved again). Quantized LLMs keep their adapters."""
+    quantized = model.config.llm.load_in_4bit or model.config.llm.load_in_8bit
+    if isinstance(model.llm, PeftModel) and not quantized:
+        model.llm = model.llm.merge_and_unload()
+    return model
+
+
 def load(
     spec: str | Path = "default",
     load_in_4bit: bool = False,
@@ -202,4 +208,6 @@ def load(
     if load_in_8bit:
         llm_overrides["load_in_8bit"] = True
     model = load_model(spec, **llm_overrides)
+    if fast:
+        model = merge_for_inference(model)
     return Assistant(model, name=model.config.name, fast=fast)

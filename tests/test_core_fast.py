@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mllm.assistant import Assistant
+from mllm.assistant import Assistant, merge_for_inference
 from mllm.config import load_model_config
 from mllm.model import MultimodalModel
 
@@ -32,12 +32,20 @@ def build(tiny_config_path) -> MultimodalModel:
 @pytest.fixture(scope="module")
 def pair(tiny_config_path):
     """(plain assistant on the unmerged LoRA model, fast assistant on an identical merged copy)."""
-    return Assistant(build(tiny_config_path), fast=False), Assistant(build(tiny_config_path), fast=True)
+    fast = Assistant(merge_for_inference(build(tiny_config_path)), fast=True)
+    return Assistant(build(tiny_config_path), fast=False), fast
 
 
 @pytest.fixture
 def image():
     return Image.new("RGB", (40, 40), (10, 200, 30))
+
+
+def test_assistant_never_modifies_its_model(tiny_config_path):
+    model = build(tiny_config_path)
+    llm = model.llm
+    Assistant(model, fast=True).chat(MESSAGES, max_new_tokens=3)
+    assert model.llm is llm and any("lora_" in n for n, _ in model.llm.named_parameters())
 
 
 def test_lora_is_merged_on_the_fast_path(pair):

@@ -82,7 +82,7 @@ def _stage_rows(release: Path, report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render(release: Path, ablation: Path | None) -> str:
+def render(release: Path, ablation: Path | None, notes: Path | None = None) -> str:
     report = json.loads((release / "release.json").read_text())
     evals = report.get("eval", {})
     total = sum(report["timings_s"].values())
@@ -142,6 +142,8 @@ def render(release: Path, ablation: Path | None) -> str:
             "",
             table(data).rstrip(),
         ]
+    if notes is not None and notes.is_file():
+        lines += ["", notes.read_text().rstrip()]
     lines += [
         "",
         "## Limitations",
@@ -164,8 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--release", type=Path, default=Path("runs/release"))
     parser.add_argument("--ablation", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--out", type=Path, default=Path("MODEL_CARD.md"))
+    parser.add_argument(
+        "--notes",
+        type=Path,
+        default=Path(__file__).with_name("release_notes.md"),
+        help="hand-written notes on the release, appended (default: train/release_notes.md)",
+    )
     args = parser.parse_args(argv)
-    args.out.write_text(render(args.release, args.ablation))
+    args.out.write_text(render(args.release, args.ablation, args.notes))
     print(f"wrote {args.out}")
     return 0
 

@@ -118,6 +118,8 @@ def install(checkpoint: Path, target: Path = ASSET) -> float:
     tmp = target.parent / f".tmp-{target.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(checkpoint, tmp, ignore=shutil.ignore_patterns("state", "README.md"))
+    for path in [tmp, *tmp.rglob("*")]:  # checkpoint folders are private (0700/0600); package data is not
+        path.chmod(0o755 if path.is_dir() else 0o644)
     if target.exists():
         shutil.rmtree(target)
     tmp.replace(target)

@@ -123,6 +123,8 @@ def write_state(
     torch.save(scheduler_state, state / "scheduler.pt")
     (state / TRAINER_FILE).write_text(json.dumps({**trainer.to_json(), "world_size": world}, indent=2) + "\n")
     shutil.rmtree(staging, ignore_errors=True)
+    if staging.parent.is_dir() and not any(staging.parent.iterdir()):
+        staging.parent.rmdir()
 
 
 def _load(path: Path) -> Any:
