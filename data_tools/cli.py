@@ -59,8 +59,16 @@ def _convert_captions(args: argparse.Namespace) -> int:
 def _convert_vqa(args: argparse.Namespace) -> int:
     from data_tools.convert import convert_vqa
 
-    count = convert_vqa(args.input, args.out, args.questions, args.answers, args.image_key, args.question_key,
-                        args.answer_key, args.suffix)
+    count = convert_vqa(
+        args.input,
+        args.out,
+        args.questions,
+        args.answers,
+        args.image_key,
+        args.question_key,
+        args.answer_key,
+        args.suffix,
+    )
     written = [str(p) for p in (args.out, args.questions, args.answers) if p is not None]
     print(f"converted {count} questions -> {', '.join(written)}")
     return 0
@@ -71,15 +79,26 @@ def _synth(args: argparse.Namespace) -> int:
 
     from data_tools.synth.writer import SynthConfig, synthesize
 
-    config = SynthConfig(out=Path(args.out), num_images=args.num_images, seed=args.seed, image_size=args.image_size,
-                         split=args.split, phrasing=args.phrasing, questions_per_image=args.questions_per_image,
-                         max_turns=args.max_turns, text_fraction=args.text_fraction, overwrite=args.overwrite,
-                         progress=not args.no_progress)
+    config = SynthConfig(
+        out=Path(args.out),
+        num_images=args.num_images,
+        seed=args.seed,
+        image_size=args.image_size,
+        split=args.split,
+        phrasing=args.phrasing,
+        questions_per_image=args.questions_per_image,
+        max_turns=args.max_turns,
+        text_fraction=args.text_fraction,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
     summary = synthesize(config)
-    print(f"wrote {summary.images} {args.split} images to {args.out}: {summary.instruct_records} instruction "
-          f"records ({summary.text_records} text-only), {summary.vqa_questions} VQA questions "
-          f"({args.phrasing} phrasing) in {summary.seconds:.1f} s "
-          f"({summary.images / max(summary.seconds, 1e-9):.0f} images/s)")
+    print(
+        f"wrote {summary.images} {args.split} images to {args.out}: {summary.instruct_records} instruction "
+        f"records ({summary.text_records} text-only), {summary.vqa_questions} VQA questions "
+        f"({args.phrasing} phrasing) in {summary.seconds:.1f} s "
+        f"({summary.images / max(summary.seconds, 1e-9):.0f} images/s)"
+    )
     return 0
 
 
@@ -95,27 +114,45 @@ def _help(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int
 
 def _add_validate(sub: Any) -> None:
     p = sub.add_parser(
-        "validate", formatter_class=_FORMATTER, help="check every record of a LLaVA JSON / JSONL file",
-        description=_wrap("Check JSON syntax, fields and types, role order, <image> markers, image files (exist, decode, "
-                          "pixel limit, inside the image folder) and, with --model, token lengths. Each problem is "
-                          "printed as FILE:LINE: record ID: field: problem, then a summary. Exit status 1 on any error "
-                          "(also with --fix, which still writes the good records)."),
-        epilog="Example:\n  mllm data validate data/instruct.json --image-folder data/images --fix clean.json")
+        "validate",
+        formatter_class=_FORMATTER,
+        help="check every record of a LLaVA JSON / JSONL file",
+        description=_wrap(
+            "Check JSON syntax, fields and types, role order, <image> markers, image files (exist, decode, "
+            "pixel limit, inside the image folder) and, with --model, token lengths. Each problem is "
+            "printed as FILE:LINE: record ID: field: problem, then a summary. Exit status 1 on any error "
+            "(also with --fix, which still writes the good records)."
+        ),
+        epilog="Example:\n  mllm data validate data/instruct.json --image-folder data/images --fix clean.json",
+    )
     p.add_argument("file", help="LLaVA data: a JSON list or JSONL")
-    p.add_argument("--image-folder", help="folder the image paths are relative to (images are not checked without)")
+    p.add_argument(
+        "--image-folder", help="folder the image paths are relative to (images are not checked without)"
+    )
     p.add_argument("--model", help=_MODEL_HELP + "; checks each record against its context length")
-    p.add_argument("--fix", metavar="OUT", help="write the valid records, fixes applied (JSONL if OUT ends in .jsonl)")
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                   help=f"refuse images with more pixels (decompression bombs); default {DEFAULT_MAX_PIXELS}")
+    p.add_argument(
+        "--fix", metavar="OUT", help="write the valid records, fixes applied (JSONL if OUT ends in .jsonl)"
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"refuse images with more pixels (decompression bombs); default {DEFAULT_MAX_PIXELS}",
+    )
     p.set_defaults(func=_validate)
 
 
 def _add_stats(sub: Any) -> None:
     p = sub.add_parser(
-        "stats", formatter_class=_FORMATTER, help="counts and a length histogram of a LLaVA file",
-        description=_wrap("Record, image and turn counts and a histogram of record lengths. Without --model, lengths are "
-                          "whitespace words (said so in the output); with --model, tokens as training encodes them."),
-        epilog="Example:\n  mllm data stats data/instruct.json --plot lengths.png")
+        "stats",
+        formatter_class=_FORMATTER,
+        help="counts and a length histogram of a LLaVA file",
+        description=_wrap(
+            "Record, image and turn counts and a histogram of record lengths. Without --model, lengths are "
+            "whitespace words (said so in the output); with --model, tokens as training encodes them."
+        ),
+        epilog="Example:\n  mllm data stats data/instruct.json --plot lengths.png",
+    )
     p.add_argument("file", help="LLaVA data: a JSON list or JSONL")
     p.add_argument("--model", help=_MODEL_HELP)
     p.add_argument("--plot", metavar="PNG", help="also save the histogram as a PNG")
@@ -125,18 +162,28 @@ def _add_stats(sub: Any) -> None:
 
 def _add_convert(sub: Any) -> None:
     p = sub.add_parser(
-        "convert", formatter_class=_FORMATTER, help="captions or VQA tables -> LLaVA records",
-        description=_wrap("Convert captions (image, caption) into alignment records, or VQA rows (image, question, "
-                          "answer) into instruction records and model_vqa question / gold files."),
+        "convert",
+        formatter_class=_FORMATTER,
+        help="captions or VQA tables -> LLaVA records",
+        description=_wrap(
+            "Convert captions (image, caption) into alignment records, or VQA rows (image, question, "
+            "answer) into instruction records and model_vqa question / gold files."
+        ),
         epilog="Examples:\n  mllm data convert captions captions.csv --out align.json\n"
-               "  mllm data convert vqa vqa.jsonl --out instruct.json --questions q.jsonl --answers a.jsonl")
+        "  mllm data convert vqa vqa.jsonl --out instruct.json --questions q.jsonl --answers a.jsonl",
+    )
     kinds = p.add_subparsers(dest="convert_kind", metavar="KIND")
     p.set_defaults(func=_help(p))
     c = kinds.add_parser(
-        "captions", formatter_class=_FORMATTER, help="captions CSV / JSONL -> alignment (stage 1) records",
-        description=_wrap("Each row (CSV with a header, or JSONL) gives an image path and its caption; each becomes a "
-                          "record asking for a brief caption. An `id` column is kept, else ids are FILE-STEM-NNNNNN."),
-        epilog="Example:\n  mllm data convert captions captions.csv --out align.json")
+        "captions",
+        formatter_class=_FORMATTER,
+        help="captions CSV / JSONL -> alignment (stage 1) records",
+        description=_wrap(
+            "Each row (CSV with a header, or JSONL) gives an image path and its caption; each becomes a "
+            "record asking for a brief caption. An `id` column is kept, else ids are FILE-STEM-NNNNNN."
+        ),
+        epilog="Example:\n  mllm data convert captions captions.csv --out align.json",
+    )
     c.add_argument("input", help="CSV (.csv / .tsv, with a header) or JSONL / JSON list")
     c.add_argument("--out", required=True, help="LLaVA records to write (.json list or .jsonl)")
     c.add_argument("--image-key", default="image", help="column of the image path (default image)")
@@ -144,12 +191,17 @@ def _add_convert(sub: Any) -> None:
     c.add_argument("--seed", type=int, default=0, help="seed of the prompt choice (default 0)")
     c.set_defaults(func=_convert_captions)
     v = kinds.add_parser(
-        "vqa", formatter_class=_FORMATTER, help="VQA rows -> instruction records and question / gold files",
-        description=_wrap("Each row gives image, question, answer (optional question_id or id, and type). Questions get "
-                          "the short-answer instruction appended. Writes any of: LLaVA instruction records (--out), a "
-                          "question file {question_id, image, text} (--questions), a gold file {question_id, answer, "
-                          "type} (--answers)."),
-        epilog="Example:\n  mllm data convert vqa vqa.jsonl --out instruct.json --questions q.jsonl --answers a.jsonl")
+        "vqa",
+        formatter_class=_FORMATTER,
+        help="VQA rows -> instruction records and question / gold files",
+        description=_wrap(
+            "Each row gives image, question, answer (optional question_id or id, and type). Questions get "
+            "the short-answer instruction appended. Writes any of: LLaVA instruction records (--out), a "
+            "question file {question_id, image, text} (--questions), a gold file {question_id, answer, "
+            "type} (--answers)."
+        ),
+        epilog="Example:\n  mllm data convert vqa vqa.jsonl --out instruct.json --questions q.jsonl --answers a.jsonl",
+    )
     v.add_argument("input", help="JSONL / JSON list, or CSV with a header")
     v.add_argument("--out", help="LLaVA instruction records to write")
     v.add_argument("--questions", help="model_vqa question file to write (JSONL)")
@@ -157,31 +209,56 @@ def _add_convert(sub: Any) -> None:
     v.add_argument("--image-key", default="image", help="column of the image path (default image)")
     v.add_argument("--question-key", default="question", help="column of the question (default question)")
     v.add_argument("--answer-key", default="answer", help="column of the answer (default answer)")
-    v.add_argument("--suffix", default=SHORT_ANSWER_SUFFIX, help=f"appended to each question (default {SHORT_ANSWER_SUFFIX!r})")
+    v.add_argument(
+        "--suffix",
+        default=SHORT_ANSWER_SUFFIX,
+        help=f"appended to each question (default {SHORT_ANSWER_SUFFIX!r})",
+    )
     v.set_defaults(func=_convert_vqa)
 
 
 def _add_synth(sub: Any) -> None:
     p = sub.add_parser(
-        "synth", formatter_class=_FORMATTER, help="generate the synthetic shapes world",
-        description=_wrap("Write a deterministic shapes data set: images/*.png, scenes.jsonl, pairs.jsonl (contrastive "
-                          "captions), align.json (stage 1), instruct.json (stage 2, ~10% text-only), vqa_questions.jsonl "
-                          "and vqa_answers.jsonl, synth.json. Splits: train; test (same distribution, never the same "
-                          "scene); compositional (every image holds one of 5 (color, shape) pairs that train and test "
-                          "never show)."),
+        "synth",
+        formatter_class=_FORMATTER,
+        help="generate the synthetic shapes world",
+        description=_wrap(
+            "Write a deterministic shapes data set: images/*.png, scenes.jsonl, pairs.jsonl (contrastive "
+            "captions), align.json (stage 1), instruct.json (stage 2, ~10% text-only), vqa_questions.jsonl "
+            "and vqa_answers.jsonl, synth.json. Splits: train; test (same distribution, never the same "
+            "scene); compositional (every image holds one of 5 (color, shape) pairs that train and test "
+            "never show)."
+        ),
         epilog="Examples:\n  mllm data synth --out data/shapes-train --num-images 10000 --seed 0\n"
-               "  mllm data synth --out data/shapes-para --num-images 500 --seed 1 --split test --phrasing heldout")
+        "  mllm data synth --out data/shapes-para --num-images 500 --seed 1 --split test --phrasing heldout",
+    )
     p.add_argument("--out", required=True, help="folder to write (must be new or empty, unless --overwrite)")
     p.add_argument("--num-images", type=int, required=True, help="how many images")
-    p.add_argument("--seed", type=int, required=True, help="seed; the same seed and split give the same files")
-    p.add_argument("--image-size", type=int, default=128, help="side of the square canvas in pixels (default 128)")
-    p.add_argument("--split", default="train", choices=("train", "test", "compositional"), help="default train")
-    p.add_argument("--phrasing", default="train", choices=("train", "heldout"),
-                   help="question templates of the VQA files: train, or held-out paraphrases (default train)")
+    p.add_argument(
+        "--seed", type=int, required=True, help="seed; the same seed and split give the same files"
+    )
+    p.add_argument(
+        "--image-size", type=int, default=128, help="side of the square canvas in pixels (default 128)"
+    )
+    p.add_argument(
+        "--split", default="train", choices=("train", "test", "compositional"), help="default train"
+    )
+    p.add_argument(
+        "--phrasing",
+        default="train",
+        choices=("train", "heldout"),
+        help="question templates of the VQA files: train, or held-out paraphrases (default train)",
+    )
     p.add_argument("--questions-per-image", type=int, default=2, help="VQA questions per image (default 2)")
-    p.add_argument("--max-turns", type=int, default=5, help="most question/answer turns per record (default 5)")
-    p.add_argument("--text-fraction", type=float, default=0.1,
-                   help="share of text-only records in instruct.json (default 0.1)")
+    p.add_argument(
+        "--max-turns", type=int, default=5, help="most question/answer turns per record (default 5)"
+    )
+    p.add_argument(
+        "--text-fraction",
+        type=float,
+        default=0.1,
+        help="share of text-only records in instruct.json (default 0.1)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=_synth)
@@ -190,9 +267,14 @@ def _add_synth(sub: Any) -> None:
 def register(subparsers: Any) -> None:
     """Add `data` with its subcommands to the front door's subparsers."""
     data = subparsers.add_parser(
-        "data", formatter_class=_FORMATTER, help="validate, inspect, convert and synthesize training data",
-        description=_wrap("Work with LLaVA-format data: validate, stats, convert; generate the shapes world: synth."),
-        epilog="Example:\n  mllm data synth --out data/shapes --num-images 1000 --seed 0")
+        "data",
+        formatter_class=_FORMATTER,
+        help="validate, inspect, convert and synthesize training data",
+        description=_wrap(
+            "Work with LLaVA-format data: validate, stats, convert; generate the shapes world: synth."
+        ),
+        epilog="Example:\n  mllm data synth --out data/shapes --num-images 1000 --seed 0",
+    )
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     data.set_defaults(func=_help(data))
     _add_validate(sub)

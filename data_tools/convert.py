@@ -67,7 +67,9 @@ def read_rows(path: str | Path) -> Iterator[Row]:
         if src.syntax_error is not None:
             raise MllmError(f"{path}:{src.line}: row {number}: {src.syntax_error}")
         if not isinstance(src.data, dict):
-            raise MllmError(f"{path}:{src.line}: row {number}: expected an object, got {type(src.data).__name__}")
+            raise MllmError(
+                f"{path}:{src.line}: row {number}: expected an object, got {type(src.data).__name__}"
+            )
         yield Row(path, src.line, number, src.data)
 
 
@@ -88,8 +90,9 @@ def _read_csv(path: Path) -> Iterator[Row]:
             yield Row(path, start, number, {k.strip(): v for k, v in data.items()})
 
 
-def convert_captions(source: str | Path, out: str | Path, image_key: str = "image", caption_key: str = "caption",
-                     seed: int = 0) -> int:
+def convert_captions(
+    source: str | Path, out: str | Path, image_key: str = "image", caption_key: str = "caption", seed: int = 0
+) -> int:
     """Captions -> alignment records in `out` (JSON list, or JSONL by extension); returns how many."""
     rng = random.Random(f"mllm-convert-captions/{seed}")
     stem = Path(source).stem
@@ -102,9 +105,16 @@ def convert_captions(source: str | Path, out: str | Path, image_key: str = "imag
     return write_records(records, out)
 
 
-def convert_vqa(source: str | Path, out: str | Path | None = None, questions: str | Path | None = None,
-                answers: str | Path | None = None, image_key: str = "image", question_key: str = "question",
-                answer_key: str = "answer", suffix: str = SHORT_ANSWER_SUFFIX) -> int:
+def convert_vqa(
+    source: str | Path,
+    out: str | Path | None = None,
+    questions: str | Path | None = None,
+    answers: str | Path | None = None,
+    image_key: str = "image",
+    question_key: str = "question",
+    answer_key: str = "answer",
+    suffix: str = SHORT_ANSWER_SUFFIX,
+) -> int:
     """VQA rows -> instruction records (`out`) and / or question and gold files; returns the row count."""
     if out is None and questions is None and answers is None:
         raise MllmError("convert vqa: name at least one output (--out, --questions or --answers)")

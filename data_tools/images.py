@@ -18,7 +18,9 @@ def resolve_image(folder: Path, relative: str, field_name: str) -> tuple[Path | 
     """The file `relative` names inside `folder`, or the problem when it is absolute or escapes the folder
     (`..` parts or a symbolic link pointing elsewhere)."""
     if Path(relative).is_absolute():
-        return None, Problem(IMAGE_PATH, field_name, f"absolute path {relative!r}; paths are relative to the image folder")
+        return None, Problem(
+            IMAGE_PATH, field_name, f"absolute path {relative!r}; paths are relative to the image folder"
+        )
     if "\x00" in relative:
         return None, Problem(IMAGE_PATH, field_name, f"path {relative!r} contains a NUL character")
     root = folder.resolve()
@@ -41,12 +43,17 @@ def check_image_file(path: Path, field_name: str, max_pixels: int = DEFAULT_MAX_
             with Image.open(path) as image:
                 width, height = image.size
                 if width * height > max_pixels:
-                    return Problem(IMAGE_TOO_LARGE, field_name,
-                                   f"image is {width}x{height} = {width * height} pixels, over the limit of "
-                                   f"{max_pixels} (--max-pixels): {path}")
+                    return Problem(
+                        IMAGE_TOO_LARGE,
+                        field_name,
+                        f"image is {width}x{height} = {width * height} pixels, over the limit of "
+                        f"{max_pixels} (--max-pixels): {path}",
+                    )
                 image.load()
     except Image.DecompressionBombError as exc:
-        return Problem(IMAGE_TOO_LARGE, field_name, f"refused by Pillow as a decompression bomb ({exc}): {path}")
+        return Problem(
+            IMAGE_TOO_LARGE, field_name, f"refused by Pillow as a decompression bomb ({exc}): {path}"
+        )
     except UnidentifiedImageError:
         return Problem(IMAGE_INVALID, field_name, f"not an image (format not recognized): {path}")
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:

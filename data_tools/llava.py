@@ -23,8 +23,12 @@ SYSTEM = "system"
 ROLES = (HUMAN, GPT, SYSTEM)
 SHORT_ANSWER_SUFFIX = "Answer the question using a single word or number."
 # Prompts of stage-1 (alignment) records: the answer is a short caption of the image.
-CAPTION_PROMPTS = ("Give a short caption of the image.", "Describe the image briefly.",
-                   "Write a brief caption for this picture.", "Summarize the image in one sentence.")
+CAPTION_PROMPTS = (
+    "Give a short caption of the image.",
+    "Describe the image briefly.",
+    "Write a brief caption for this picture.",
+    "Summarize the image in one sentence.",
+)
 _WHITESPACE = " \t\n\r"
 
 
@@ -109,7 +113,9 @@ def _iter_json_list(path: Path, text: str) -> Iterator[SourceRecord]:
         index += 1
         pos = _skip_ws(text, end)
         if pos >= len(text):
-            yield _json_error(path, index, *_line_col(text, pos), "unexpected end of file, expecting ',' or ']'")
+            yield _json_error(
+                path, index, *_line_col(text, pos), "unexpected end of file, expecting ',' or ']'"
+            )
             return
         if text[pos] == "]":
             pos = _skip_ws(text, pos + 1)
@@ -157,8 +163,17 @@ def read_source_records(path: str | Path) -> Iterator[SourceRecord]:
         return _iter_json_list(path, text)
     if path.suffix.lower() == ".json" and _is_one_spread_object(text):
         line = text.count("\n", 0, start) + 1
-        return iter([SourceRecord(path, line, 0, syntax_error="the file holds one JSON object over several lines; "
-                                  "expected a JSON list of records, or JSONL with one record a line")])
+        return iter(
+            [
+                SourceRecord(
+                    path,
+                    line,
+                    0,
+                    syntax_error="the file holds one JSON object over several lines; "
+                    "expected a JSON list of records, or JSONL with one record a line",
+                )
+            ]
+        )
     return _iter_jsonl(path, text)
 
 
@@ -209,8 +224,9 @@ def write_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> int:
     return count
 
 
-def make_record(rid: str, images: Sequence[str], pairs: Sequence[tuple[str, str]],
-                image_first: bool = True) -> dict[str, Any]:
+def make_record(
+    rid: str, images: Sequence[str], pairs: Sequence[tuple[str, str]], image_first: bool = True
+) -> dict[str, Any]:
     """A LLaVA record from (question, answer) pairs; one `<image>` per image goes into the first question,
     before it (`image_first`) or after it. Text-only records carry no `image` field."""
     conversations: list[dict[str, str]] = []

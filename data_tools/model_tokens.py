@@ -37,6 +37,11 @@ def load_token_counter(model_spec: str) -> TokenCounter:
 
     model = load_model(model_spec)
     source = model.processor
-    unlimited = MultimodalProcessor(source.tokenizer, source.image_token, source.num_image_tokens,
-                                    system_prompt=source.system_prompt, max_length=None)
+    unlimited = MultimodalProcessor(
+        source.tokenizer,
+        source.image_token,
+        source.num_image_tokens,
+        system_prompt=source.system_prompt,
+        max_length=None,
+    )
     return TokenCounter(unlimited, source.max_length)

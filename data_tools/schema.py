@@ -39,8 +39,20 @@ IMAGE_TOO_LARGE = "image_too_large"
 TOO_LONG = "too_long"
 ENCODE = "encode"  # the model's processor cannot encode the record exactly
 DUPLICATE_ID = "duplicate_id"  # a warning, not an error
-ERROR_KINDS = (JSON, MISSING_FIELD, BAD_TYPE, BAD_ROLE, EMPTY_TURN, IMAGE_MARKER, IMAGE_PATH, IMAGE_MISSING,
-               IMAGE_INVALID, IMAGE_TOO_LARGE, TOO_LONG, ENCODE)
+ERROR_KINDS = (
+    JSON,
+    MISSING_FIELD,
+    BAD_TYPE,
+    BAD_ROLE,
+    EMPTY_TURN,
+    IMAGE_MARKER,
+    IMAGE_PATH,
+    IMAGE_MISSING,
+    IMAGE_INVALID,
+    IMAGE_TOO_LARGE,
+    TOO_LONG,
+    ENCODE,
+)
 
 
 @dataclass(frozen=True)
@@ -68,7 +80,8 @@ class CheckResult:
 
 def _type_name(value: Any) -> str:
     return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
-        type(value), type(value).__name__)
+        type(value), type(value).__name__
+    )
 
 
 def _check_images(data: dict[str, Any], errors: list[Problem]) -> list[str] | None:
@@ -78,7 +91,9 @@ def _check_images(data: dict[str, Any], errors: list[Problem]) -> list[str] | No
         return []
     paths = [value] if isinstance(value, str) else value
     if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
-        errors.append(Problem(BAD_TYPE, "image", f"expected a path or a list of paths, got {_type_name(value)}"))
+        errors.append(
+            Problem(BAD_TYPE, "image", f"expected a path or a list of paths, got {_type_name(value)}")
+        )
         return None
     for number, path in enumerate(paths):
         if not path.strip():
@@ -102,7 +117,11 @@ def _check_turns(data: dict[str, Any], errors: list[Problem]) -> list[Turn]:
     for number, turn in enumerate(raw):
         where = f"conversations[{number}]"
         if not isinstance(turn, dict):
-            errors.append(Problem(BAD_TYPE, where, f"expected an object with 'from' and 'value', got {_type_name(turn)}"))
+            errors.append(
+                Problem(
+                    BAD_TYPE, where, f"expected an object with 'from' and 'value', got {_type_name(turn)}"
+                )
+            )
             continue
         ok = True
         for key in ("from", "value"):
@@ -110,12 +129,18 @@ def _check_turns(data: dict[str, Any], errors: list[Problem]) -> list[Turn]:
                 errors.append(Problem(MISSING_FIELD, f"{where}.{key}", "required field is missing"))
                 ok = False
             elif not isinstance(turn[key], str):
-                errors.append(Problem(BAD_TYPE, f"{where}.{key}", f"expected a string, got {_type_name(turn[key])}"))
+                errors.append(
+                    Problem(BAD_TYPE, f"{where}.{key}", f"expected a string, got {_type_name(turn[key])}")
+                )
                 ok = False
         if not ok:
             continue
         if turn["from"] not in ROLES:
-            errors.append(Problem(BAD_ROLE, f"{where}.from", f"unknown role {turn['from']!r}; valid: {', '.join(ROLES)}"))
+            errors.append(
+                Problem(
+                    BAD_ROLE, f"{where}.from", f"unknown role {turn['from']!r}; valid: {', '.join(ROLES)}"
+                )
+            )
             continue
         if not turn["value"].strip():
             errors.append(Problem(EMPTY_TURN, f"{where}.value", f"empty {turn['from']} turn"))
@@ -134,41 +159,67 @@ def _check_order(turns: list[Turn], errors: list[Problem]) -> None:
         if role != expected:
             after = "at the start" if number == start else f"after a {turns[number - 1].role} turn"
             hint = " (a system turn may only come first)" if role == SYSTEM else ""
-            errors.append(Problem(BAD_ROLE, f"conversations[{number}].from",
-                                  f"expected {expected!r} {after}, got {role!r}{hint}"))
+            errors.append(
+                Problem(
+                    BAD_ROLE,
+                    f"conversations[{number}].from",
+                    f"expected {expected!r} {after}, got {role!r}{hint}",
+                )
+            )
             return
     if len(turns) == start:
         errors.append(Problem(BAD_ROLE, "conversations", "only a system turn; no human or gpt turns"))
     elif turns[-1].role != GPT:
-        errors.append(Problem(BAD_ROLE, f"conversations[{len(turns) - 1}].from",
-                              "conversation ends with a human turn (no reply to learn from)"))
+        errors.append(
+            Problem(
+                BAD_ROLE,
+                f"conversations[{len(turns) - 1}].from",
+                "conversation ends with a human turn (no reply to learn from)",
+            )
+        )
 
 
-def _check_markers(images: list[str], turns: list[Turn], data: dict[str, Any],
-                   errors: list[Problem], fixes: list[Problem]) -> list[Turn]:
+def _check_markers(
+    images: list[str], turns: list[Turn], data: dict[str, Any], errors: list[Problem], fixes: list[Problem]
+) -> list[Turn]:
     """Count `<image>` markers against the images; fix the one-image-no-marker case in `data` and `turns`."""
     markers = 0
     for number, turn in enumerate(turns):
         count = turn.value.count(IMAGE_TOKEN)
         if count and turn.role != HUMAN:
-            errors.append(Problem(IMAGE_MARKER, f"conversations[{number}].value",
-                                  f"{IMAGE_TOKEN} marker in a {turn.role} turn; markers belong in human turns"))
+            errors.append(
+                Problem(
+                    IMAGE_MARKER,
+                    f"conversations[{number}].value",
+                    f"{IMAGE_TOKEN} marker in a {turn.role} turn; markers belong in human turns",
+                )
+            )
         elif turn.role == HUMAN:
             markers += count
     if len(images) == 1 and markers == 0:
         first = next((n for n, t in enumerate(turns) if t.role == HUMAN), None)
         if first is not None:
             value = f"{IMAGE_TOKEN}\n{turns[first].value}"
-            turns = [*turns[:first], Turn(HUMAN, value), *turns[first + 1:]]
+            turns = [*turns[:first], Turn(HUMAN, value), *turns[first + 1 :]]
             data["conversations"] = [dict(t) for t in data["conversations"]]
             data["conversations"][first]["value"] = value
-            fixes.append(Problem(IMAGE_MARKER, f"conversations[{first}].value",
-                                 f"prepended the missing {IMAGE_TOKEN} marker for the record's one image"))
+            fixes.append(
+                Problem(
+                    IMAGE_MARKER,
+                    f"conversations[{first}].value",
+                    f"prepended the missing {IMAGE_TOKEN} marker for the record's one image",
+                )
+            )
             return turns
     if markers != len(images):
         images_text = f"{len(images)} image{'s' if len(images) != 1 else ''}"
-        errors.append(Problem(IMAGE_MARKER, "conversations",
-                              f"{markers} {IMAGE_TOKEN} marker{'s' if markers != 1 else ''} for {images_text}"))
+        errors.append(
+            Problem(
+                IMAGE_MARKER,
+                "conversations",
+                f"{markers} {IMAGE_TOKEN} marker{'s' if markers != 1 else ''} for {images_text}",
+            )
+        )
     return turns
 
 
@@ -177,7 +228,9 @@ def check_record(src: SourceRecord) -> CheckResult:
     if src.syntax_error is not None:
         return CheckResult(None, [Problem(JSON, "json", src.syntax_error)])
     if not isinstance(src.data, dict):
-        return CheckResult(None, [Problem(BAD_TYPE, "record", f"expected an object, got {_type_name(src.data)}")])
+        return CheckResult(
+            None, [Problem(BAD_TYPE, "record", f"expected an object, got {_type_name(src.data)}")]
+        )
     data = dict(src.data)
     errors: list[Problem] = []
     fixes: list[Problem] = []
@@ -207,6 +260,8 @@ def load_records(path: str | Path) -> list[Record]:
         if result.record is None:
             problem = result.errors[0]
             more = f" (and {len(result.errors) - 1} more in this record)" if len(result.errors) > 1 else ""
-            raise MllmError(f"{problem.format(src)}{more}; run `mllm data validate {path}` to list every problem")
+            raise MllmError(
+                f"{problem.format(src)}{more}; run `mllm data validate {path}` to list every problem"
+            )
         records.append(result.record)
     return records

@@ -69,11 +69,15 @@ def format_stats(stats: DataStats, name: str, bins: int = 10, bar_width: int = 4
     ]
     values = stats.lengths.known
     if stats.lengths.failures:
-        lines.append(f"  {len(stats.lengths.failures)} records could not be encoded (see mllm data validate --model)")
+        lines.append(
+            f"  {len(stats.lengths.failures)} records could not be encoded (see mllm data validate --model)"
+        )
     if not values:
         return "\n".join(lines)
-    lines.append(f"  min {min(values)}, median {percentile(values, 50)}, mean {sum(values) / len(values):.1f}, "
-                 f"p95 {percentile(values, 95)}, max {max(values)}")
+    lines.append(
+        f"  min {min(values)}, median {percentile(values, 50)}, mean {sum(values) / len(values):.1f}, "
+        f"p95 {percentile(values, 95)}, max {max(values)}"
+    )
     if stats.lengths.context is not None:
         over = sum(1 for v in values if v > stats.lengths.context)
         lines.append(f"  context {stats.lengths.context}: {over} records longer")

@@ -46,8 +46,9 @@ class ValidationReport:
         getattr(self, f"{bucket}_by_kind")[problem.kind] += 1
 
 
-def _check_images(src: SourceRecord, images: list[str], folder: Path, max_pixels: int,
-                  cache: dict[Path, Problem | None]) -> list[Problem]:
+def _check_images(
+    src: SourceRecord, images: list[str], folder: Path, max_pixels: int, cache: dict[Path, Problem | None]
+) -> list[Problem]:
     problems: list[Problem] = []
     for number, relative in enumerate(images):
         name = "image" if isinstance(src.data.get("image"), str) else f"image[{number}]"
@@ -62,8 +63,12 @@ def _check_images(src: SourceRecord, images: list[str], folder: Path, max_pixels
     return problems
 
 
-def validate_file(path: str | Path, image_folder: str | Path | None = None, model: str | None = None,
-                  max_pixels: int = DEFAULT_MAX_PIXELS) -> ValidationReport:
+def validate_file(
+    path: str | Path,
+    image_folder: str | Path | None = None,
+    model: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> ValidationReport:
     """Check every record of `path`; images are checked when `image_folder` is given, token lengths when
     `model` is (a model spec as `--model` takes it)."""
     report = ValidationReport(Path(path), images_checked=image_folder is not None)
@@ -82,8 +87,11 @@ def validate_file(path: str | Path, image_folder: str | Path | None = None, mode
             report.turns += len(conversations) if isinstance(conversations, list) else 0
             rid = src.label
             if rid in first_line and not rid.startswith("#"):
-                report.add(src, Problem(DUPLICATE_ID, "id", f"duplicate id (first at line {first_line[rid]})"),
-                           "warnings")
+                report.add(
+                    src,
+                    Problem(DUPLICATE_ID, "id", f"duplicate id (first at line {first_line[rid]})"),
+                    "warnings",
+                )
             first_line.setdefault(rid, src.line)
         for problem in result.errors:
             report.add(src, problem)
@@ -100,11 +108,21 @@ def validate_file(path: str | Path, image_folder: str | Path | None = None, mode
         kept: list[tuple[SourceRecord, Record]] = []
         for index, ((src, record), length) in enumerate(zip(checked, lengths.values)):
             if length is None:
-                report.add(src, Problem(ENCODE, "conversations",
-                                        f"cannot be encoded for the model: {lengths.failures[index]}"))
+                report.add(
+                    src,
+                    Problem(
+                        ENCODE, "conversations", f"cannot be encoded for the model: {lengths.failures[index]}"
+                    ),
+                )
             elif lengths.context is not None and length > lengths.context:
-                report.add(src, Problem(TOO_LONG, "conversations",
-                                        f"{length} tokens, over the model's context of {lengths.context}"))
+                report.add(
+                    src,
+                    Problem(
+                        TOO_LONG,
+                        "conversations",
+                        f"{length} tokens, over the model's context of {lengths.context}",
+                    ),
+                )
             else:
                 kept.append((src, record))
         checked = kept
@@ -135,12 +153,19 @@ def print_report(report: ValidationReport, out: TextIO) -> None:
     if len(report.fixes) > MAX_FIX_LINES:
         print(f"... and {len(report.fixes) - MAX_FIX_LINES} more fixes of the same kinds", file=out)
     valid = len(report.valid)
-    print(f"{report.path}: {report.records} records ({valid} valid), {report.images} images, "
-          f"{report.turns} turns", file=out)
-    print(f"errors: {len(report.errors)}" + (f" ({_by_kind(report.errors_by_kind)})" if report.errors else ""),
-          file=out)
-    print(f"fixes: {len(report.fixes)}" + (f" ({_by_kind(report.fixes_by_kind)})" if report.fixes else ""),
-          file=out)
+    print(
+        f"{report.path}: {report.records} records ({valid} valid), {report.images} images, "
+        f"{report.turns} turns",
+        file=out,
+    )
+    print(
+        f"errors: {len(report.errors)}" + (f" ({_by_kind(report.errors_by_kind)})" if report.errors else ""),
+        file=out,
+    )
+    print(
+        f"fixes: {len(report.fixes)}" + (f" ({_by_kind(report.fixes_by_kind)})" if report.fixes else ""),
+        file=out,
+    )
     if report.warnings:
         print(f"warnings: {len(report.warnings)} ({_by_kind(report.warnings_by_kind)})", file=out)
     if not report.images_checked:

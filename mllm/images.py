@@ -55,9 +55,7 @@ def load_image(src: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.I
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > max_pixels:
-                raise MllmError(
-                    f"{name}: image is {width}x{height}, over the limit of {max_pixels} pixels"
-                )
+                raise MllmError(f"{name}: image is {width}x{height}, over the limit of {max_pixels} pixels")
             image.seek(0)  # first frame of an animation
             image.load()
         except Image.DecompressionBombError as exc:

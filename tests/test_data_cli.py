@@ -20,9 +20,21 @@ def _run(argv: list[str]) -> int:
     return args.func(args)
 
 
-@pytest.mark.parametrize("command", [["data"], ["data", "validate"], ["data", "stats"], ["data", "convert"],
-                                     ["data", "convert", "captions"], ["data", "convert", "vqa"], ["data", "synth"]])
-def test_every_command_has_help_with_an_example(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["data"],
+        ["data", "validate"],
+        ["data", "stats"],
+        ["data", "convert"],
+        ["data", "convert", "captions"],
+        ["data", "convert", "vqa"],
+        ["data", "synth"],
+    ],
+)
+def test_every_command_has_help_with_an_example(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
         _run([*command, "--help"])
     assert exit_info.value.code == 0
@@ -36,7 +48,9 @@ def test_bare_data_prints_help_and_returns_2(capsys: pytest.CaptureFixture[str])
 
 def test_synth_validate_stats_convert(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "shapes"
-    assert _run(["data", "synth", "--out", str(out), "--num-images", "12", "--seed", "5", "--no-progress"]) == 0
+    assert (
+        _run(["data", "synth", "--out", str(out), "--num-images", "12", "--seed", "5", "--no-progress"]) == 0
+    )
     assert f"wrote 12 train images to {out}" in capsys.readouterr().out
     assert _run(["data", "validate", str(out / "instruct.json"), "--image-folder", str(out / "images")]) == 0
     assert "errors: 0" in capsys.readouterr().out
@@ -45,12 +59,27 @@ def test_synth_validate_stats_convert(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "whitespace words" in capsys.readouterr().out and plot.is_file()
     vqa = tmp_path / "vqa.jsonl"
     vqa.write_text(json.dumps({"image": "000001.png", "question": "Q?", "answer": "yes"}) + "\n")
-    assert _run(["data", "convert", "vqa", str(vqa), "--out", str(tmp_path / "i.json"),
-                 "--answers", str(tmp_path / "a.jsonl")]) == 0
+    assert (
+        _run(
+            [
+                "data",
+                "convert",
+                "vqa",
+                str(vqa),
+                "--out",
+                str(tmp_path / "i.json"),
+                "--answers",
+                str(tmp_path / "a.jsonl"),
+            ]
+        )
+        == 0
+    )
     assert "converted 1 questions" in capsys.readouterr().out
 
 
-def test_validate_exits_1_and_fix_writes_good_records(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_validate_exits_1_and_fix_writes_good_records(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = tmp_path / "d.jsonl"
     good = {"id": "g", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]}
     data.write_text(json.dumps(good) + "\n" + json.dumps({"id": "b", "conversations": []}) + "\n")

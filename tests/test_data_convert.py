@@ -28,7 +28,9 @@ def images(tmp_path: Path) -> Path:
 
 def test_captions_csv_round_trip(tmp_path: Path, images: Path) -> None:
     source = tmp_path / "caps.csv"
-    source.write_text('image,caption\na.png,A red square.\n"sub/c.png","A cat, sitting\non a mat."\nb.png,Blue.\n')
+    source.write_text(
+        'image,caption\na.png,A red square.\n"sub/c.png","A cat, sitting\non a mat."\nb.png,Blue.\n'
+    )
     out = tmp_path / "align.json"
     assert convert_captions(source, out) == 3
     records = load_records(out)
@@ -44,8 +46,12 @@ def test_captions_csv_round_trip(tmp_path: Path, images: Path) -> None:
 
 def test_captions_jsonl_keeps_ids_and_custom_keys(tmp_path: Path, images: Path) -> None:
     source = tmp_path / "caps.jsonl"
-    source.write_text(json.dumps({"id": "x1", "file": "a.png", "text": "Red."}) + "\n\n"
-                      + json.dumps({"id": "x2", "file": "b.png", "text": "Blue."}) + "\n")
+    source.write_text(
+        json.dumps({"id": "x1", "file": "a.png", "text": "Red."})
+        + "\n\n"
+        + json.dumps({"id": "x2", "file": "b.png", "text": "Blue."})
+        + "\n"
+    )
     out = tmp_path / "align.jsonl"
     assert convert_captions(source, out, image_key="file", caption_key="text") == 2
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -70,19 +76,25 @@ def test_captions_errors_name_line_row_and_field(tmp_path: Path) -> None:
 
 def test_vqa_to_instruct_questions_and_answers(tmp_path: Path, images: Path) -> None:
     source = tmp_path / "vqa.jsonl"
-    rows = [{"image": "a.png", "question": "What color?", "answer": "red", "type": "color", "question_id": "q1"},
-            {"image": "b.png", "question": f"How many?\n{SUFFIX}", "answer": 2}]
+    rows = [
+        {"image": "a.png", "question": "What color?", "answer": "red", "type": "color", "question_id": "q1"},
+        {"image": "b.png", "question": f"How many?\n{SUFFIX}", "answer": 2},
+    ]
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out, questions, answers = tmp_path / "instruct.json", tmp_path / "q.jsonl", tmp_path / "a.jsonl"
     assert convert_vqa(source, out, questions, answers) == 2
     assert [json.loads(x) for x in questions.read_text().splitlines()] == [
         {"question_id": "q1", "image": "a.png", "text": f"What color?\n{SUFFIX}"},
-        {"question_id": "vqa-000002", "image": "b.png", "text": f"How many?\n{SUFFIX}"}]
+        {"question_id": "vqa-000002", "image": "b.png", "text": f"How many?\n{SUFFIX}"},
+    ]
     assert [json.loads(x) for x in answers.read_text().splitlines()] == [
         {"question_id": "q1", "answer": "red", "type": "color"},
-        {"question_id": "vqa-000002", "answer": "2", "type": "other"}]
+        {"question_id": "vqa-000002", "answer": "2", "type": "other"},
+    ]
     records = load_records(out)
-    assert records[0].turns[0].value == f"<image>\nWhat color?\n{SUFFIX}" and records[0].turns[1].value == "red"
+    assert (
+        records[0].turns[0].value == f"<image>\nWhat color?\n{SUFFIX}" and records[0].turns[1].value == "red"
+    )
     assert validate_file(out, images).ok
 
 
@@ -91,5 +103,7 @@ def test_vqa_needs_an_output_and_unique_ids(tmp_path: Path) -> None:
     source.write_text("image,question,answer,id\na.png,Q?,yes,7\nb.png,R?,no,7\n")
     with pytest.raises(MllmError, match="name at least one output"):
         convert_vqa(source)
-    with pytest.raises(MllmError, match=r"vqa\.csv:3: row 2: question_id: duplicate id '7' \(first at line 2\)"):
+    with pytest.raises(
+        MllmError, match=r"vqa\.csv:3: row 2: question_id: duplicate id '7' \(first at line 2\)"
+    ):
         convert_vqa(source, questions=tmp_path / "q.jsonl")

@@ -14,13 +14,32 @@ from data_tools.tokens import whitespace_lengths
 
 def _data(tmp_path: Path) -> Path:
     records = [
-        {"id": "a", "image": "x.png", "conversations": [{"from": "human", "value": "<image>\nWhat is it?"},
-                                                        {"from": "gpt", "value": "A red square."}]},
-        {"id": "b", "image": ["x.png", "y.png"], "conversations": [
-            {"from": "human", "value": "<image> <image> Compare them."}, {"from": "gpt", "value": "Same."},
-            {"from": "human", "value": "Sure?"}, {"from": "gpt", "value": "Yes."}]},
-        {"id": "c", "conversations": [{"from": "system", "value": "Be brief."},
-                                      {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
+        {
+            "id": "a",
+            "image": "x.png",
+            "conversations": [
+                {"from": "human", "value": "<image>\nWhat is it?"},
+                {"from": "gpt", "value": "A red square."},
+            ],
+        },
+        {
+            "id": "b",
+            "image": ["x.png", "y.png"],
+            "conversations": [
+                {"from": "human", "value": "<image> <image> Compare them."},
+                {"from": "gpt", "value": "Same."},
+                {"from": "human", "value": "Sure?"},
+                {"from": "gpt", "value": "Yes."},
+            ],
+        },
+        {
+            "id": "c",
+            "conversations": [
+                {"from": "system", "value": "Be brief."},
+                {"from": "human", "value": "Hi"},
+                {"from": "gpt", "value": "Hello"},
+            ],
+        },
     ]
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -32,8 +51,14 @@ def test_counts_and_word_lengths(tmp_path: Path) -> None:
     lengths = whitespace_lengths(records)
     assert lengths.values == [7, 7, 4]
     stats = compute_stats(records, lengths)
-    assert (stats.records, stats.with_images, stats.multi_image, stats.images, stats.turns, stats.exchanges) == (
-        3, 2, 1, 3, 9, 4)
+    assert (
+        stats.records,
+        stats.with_images,
+        stats.multi_image,
+        stats.images,
+        stats.turns,
+        stats.exchanges,
+    ) == (3, 2, 1, 3, 9, 4)
     text = format_stats(stats, "d.jsonl", bins=4)
     assert "d.jsonl: 3 records (2 with images, 1 text-only, 1 multi-image)" in text
     assert "lengths in whitespace words (no --model)" in text

@@ -21,7 +21,11 @@ from data_tools.validate import validate_file
 from mllm.errors import MllmError
 
 SUFFIX = "Answer the question using a single word or number."
-GRID = (("top left", "top", "top right"), ("left", "center", "right"), ("bottom left", "bottom", "bottom right"))
+GRID = (
+    ("top left", "top", "top right"),
+    ("left", "center", "right"),
+    ("bottom left", "bottom", "bottom right"),
+)
 
 
 def _synth(out: Path, n: int, seed: int, **kwargs: Any) -> Path:
@@ -34,7 +38,9 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _pixel_hashes(folder: Path) -> set[str]:
-    return {hashlib.sha256(Image.open(p).tobytes()).hexdigest() for p in sorted((folder / "images").glob("*.png"))}
+    return {
+        hashlib.sha256(Image.open(p).tobytes()).hexdigest() for p in sorted((folder / "images").glob("*.png"))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +55,14 @@ def scenes(train: Path) -> dict[str, dict[str, Any]]:
 
 # --- an independent reading of questions: which colour / shape words they mention ---------------------------
 
+
 def _mentions(text: str) -> tuple[list[str], list[str], bool]:
     """(colours, shapes, plural shape?) named in a question, read word by word."""
     words = re.findall(r"[a-z]+", text.lower())
     colors = [w for w in words if w in COLORS]
-    shapes = [w for w in words if w in SHAPES] + [w[:-1] for w in words if w[:-1] in SHAPES and w.endswith("s")]
+    shapes = [w for w in words if w in SHAPES] + [
+        w[:-1] for w in words if w[:-1] in SHAPES and w.endswith("s")
+    ]
     return colors, shapes, any(w.endswith("s") and w[:-1] in SHAPES for w in words)
 
 
@@ -108,6 +117,7 @@ def _question_type(text: str) -> str:
 
 # --- tests -------------------------------------------------------------------------------------------------
 
+
 def test_same_seed_same_bytes_other_seed_other_images(train: Path, tmp_path: Path) -> None:
     again = _synth(tmp_path / "again", 150, seed=3)
     for path in sorted(p for p in train.rglob("*") if p.is_file()):
@@ -144,7 +154,7 @@ def test_world_geometry_and_exact_center_colours(tmp_path: Path, image_size: int
             assert x0 <= cx <= x1 and y0 <= cy <= y1
             boxes.append((cx - r, cy - r, cx + r, cy + r))
         for i, a in enumerate(boxes):
-            for b in boxes[i + 1:]:
+            for b in boxes[i + 1 :]:
                 assert a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1], (scene["image"], a, b)
 
 
@@ -247,7 +257,9 @@ def test_compositional_split_holds_out_exactly_its_pairs(train: Path, tmp_path: 
     train_pairs = {(o["color"], o["shape"]) for s in _jsonl(train / "scenes.jsonl") for o in s["objects"]}
     all_pairs = {(c, s) for c in COLORS for s in SHAPES}
     assert train_pairs == all_pairs - held_out  # every other pair does occur
-    assert not {(o["color"], o["shape"]) for s in _jsonl(test / "scenes.jsonl") for o in s["objects"]} & held_out
+    assert (
+        not {(o["color"], o["shape"]) for s in _jsonl(test / "scenes.jsonl") for o in s["objects"]} & held_out
+    )
     for scene in _jsonl(comp / "scenes.jsonl"):
         assert {(o["color"], o["shape"]) for o in scene["objects"]} & held_out, scene["image"]
     for name in ("instruct.json", "align.json"):  # training text never names a held-out pair either
@@ -258,8 +270,10 @@ def test_compositional_split_holds_out_exactly_its_pairs(train: Path, tmp_path: 
 def test_train_and_test_share_no_image(train: Path, tmp_path: Path) -> None:
     test = _synth(tmp_path / "test", 150, seed=3, split="test")
     assert not _pixel_hashes(test) & _pixel_hashes(train)
-    canon = [json.dumps([*sorted(map(json.dumps, s["objects"])), s["background"]]) for s in
-             _jsonl(train / "scenes.jsonl") + _jsonl(test / "scenes.jsonl")]
+    canon = [
+        json.dumps([*sorted(map(json.dumps, s["objects"])), s["background"]])
+        for s in _jsonl(train / "scenes.jsonl") + _jsonl(test / "scenes.jsonl")
+    ]
     assert len(set(canon)) == len(canon)
 
 
@@ -276,7 +290,7 @@ def _trigrams(template: str) -> set[tuple[str, ...]]:
     grams: set[tuple[str, ...]] = set()
     for segment in re.split(r"\{\w+\}", template.lower()):
         words = re.findall(r"[a-z]+", segment)
-        grams |= {tuple(words[i:i + 3]) for i in range(len(words) - 2)}
+        grams |= {tuple(words[i : i + 3]) for i in range(len(words) - 2)}
     return grams
 
 

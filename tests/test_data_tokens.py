@@ -25,8 +25,11 @@ def _record(rid: str, question: str, image: str | None = None) -> dict[str, obje
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tok") / "d.json"
-    records = [_record("plain", "What is 2 + 2?"), _record("img", "What is 2 + 2?", image="a.png"),
-               _record("long", "word " * 3000)]
+    records = [
+        _record("plain", "What is 2 + 2?"),
+        _record("img", "What is 2 + 2?", image="a.png"),
+        _record("long", "word " * 3000),
+    ]
     path.write_text("[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n")
     return path
 
@@ -43,5 +46,7 @@ def test_token_lengths_and_context(data: Path) -> None:
     assert with_image - plain >= 16  # the marker became the model's 16 image tokens
     assert long > 3000
     report = validate_file(data, model=str(tiny_config_path))
-    assert report.errors == [f"{data}:4: record long: conversations: {long} tokens, over the model's context of 2048"]
+    assert report.errors == [
+        f"{data}:4: record long: conversations: {long} tokens, over the model's context of 2048"
+    ]
     assert [r.id for r in report.valid] == ["plain", "img"]

@@ -10,22 +10,93 @@ import random
 from collections.abc import Callable
 
 DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-          "November", "December")
-WORDS = ("apple", "river", "garden", "window", "planet", "yellow", "music", "bridge", "orange", "pencil",
-         "mountain", "kitchen", "library", "computer", "elephant", "forest", "island", "rabbit", "summer", "teacher")
+MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
+WORDS = (
+    "apple",
+    "river",
+    "garden",
+    "window",
+    "planet",
+    "yellow",
+    "music",
+    "bridge",
+    "orange",
+    "pencil",
+    "mountain",
+    "kitchen",
+    "library",
+    "computer",
+    "elephant",
+    "forest",
+    "island",
+    "rabbit",
+    "summer",
+    "teacher",
+)
 POLYGONS = (("triangle", 3), ("square", 4), ("pentagon", 5), ("hexagon", 6), ("octagon", 8))
-OPPOSITES = (("hot", "cold"), ("up", "down"), ("wet", "dry"), ("full", "empty"), ("early", "late"),
-             ("north", "south"), ("east", "west"), ("inside", "outside"), ("push", "pull"), ("day", "night"))
-CAPITALS = (("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Germany", "Berlin"), ("Spain", "Madrid"),
-            ("Canada", "Ottawa"), ("Australia", "Canberra"), ("Egypt", "Cairo"), ("Kenya", "Nairobi"),
-            ("Argentina", "Buenos Aires"), ("China", "Beijing"), ("India", "New Delhi"), ("Russia", "Moscow"),
-            ("the United Kingdom", "London"), ("Norway", "Oslo"), ("Sweden", "Stockholm"), ("Finland", "Helsinki"),
-            ("Poland", "Warsaw"), ("Greece", "Athens"), ("Portugal", "Lisbon"), ("Ireland", "Dublin"),
-            ("Mexico", "Mexico City"), ("Peru", "Lima"), ("South Korea", "Seoul"), ("Thailand", "Bangkok"),
-            ("Vietnam", "Hanoi"), ("Turkey", "Ankara"), ("Austria", "Vienna"), ("Belgium", "Brussels"),
-            ("Denmark", "Copenhagen"), ("Hungary", "Budapest"), ("Cuba", "Havana"), ("Nigeria", "Abuja"),
-            ("Morocco", "Rabat"), ("New Zealand", "Wellington"), ("the Philippines", "Manila"))
+OPPOSITES = (
+    ("hot", "cold"),
+    ("up", "down"),
+    ("wet", "dry"),
+    ("full", "empty"),
+    ("early", "late"),
+    ("north", "south"),
+    ("east", "west"),
+    ("inside", "outside"),
+    ("push", "pull"),
+    ("day", "night"),
+)
+CAPITALS = (
+    ("France", "Paris"),
+    ("Japan", "Tokyo"),
+    ("Italy", "Rome"),
+    ("Germany", "Berlin"),
+    ("Spain", "Madrid"),
+    ("Canada", "Ottawa"),
+    ("Australia", "Canberra"),
+    ("Egypt", "Cairo"),
+    ("Kenya", "Nairobi"),
+    ("Argentina", "Buenos Aires"),
+    ("China", "Beijing"),
+    ("India", "New Delhi"),
+    ("Russia", "Moscow"),
+    ("the United Kingdom", "London"),
+    ("Norway", "Oslo"),
+    ("Sweden", "Stockholm"),
+    ("Finland", "Helsinki"),
+    ("Poland", "Warsaw"),
+    ("Greece", "Athens"),
+    ("Portugal", "Lisbon"),
+    ("Ireland", "Dublin"),
+    ("Mexico", "Mexico City"),
+    ("Peru", "Lima"),
+    ("South Korea", "Seoul"),
+    ("Thailand", "Bangkok"),
+    ("Vietnam", "Hanoi"),
+    ("Turkey", "Ankara"),
+    ("Austria", "Vienna"),
+    ("Belgium", "Brussels"),
+    ("Denmark", "Copenhagen"),
+    ("Hungary", "Budapest"),
+    ("Cuba", "Havana"),
+    ("Nigeria", "Abuja"),
+    ("Morocco", "Rabat"),
+    ("New Zealand", "Wellington"),
+    ("the Philippines", "Manila"),
+)
 FACTS = (
     ("How many days are in a week?", "There are 7 days in a week."),
     ("How many months are in a year?", "There are 12 months in a year."),
@@ -39,14 +110,23 @@ FACTS = (
     ("How many legs does an insect have?", "An insect has 6 legs."),
     ("What is the largest planet in the solar system?", "Jupiter is the largest planet in the solar system."),
     ("Which planet is closest to the Sun?", "Mercury is the planet closest to the Sun."),
-    ("At how many degrees Celsius does water boil at sea level?", "At sea level, water boils at 100 degrees Celsius."),
+    (
+        "At how many degrees Celsius does water boil at sea level?",
+        "At sea level, water boils at 100 degrees Celsius.",
+    ),
     ("What is the chemical symbol for gold?", "The chemical symbol for gold is Au."),
     ("What is the chemical symbol for iron?", "The chemical symbol for iron is Fe."),
     ("What is the chemical formula of water?", "The chemical formula of water is H2O."),
-    ("What gas do plants take in from the air for photosynthesis?", "Plants take in carbon dioxide for photosynthesis."),
+    (
+        "What gas do plants take in from the air for photosynthesis?",
+        "Plants take in carbon dioxide for photosynthesis.",
+    ),
     ("Who wrote Romeo and Juliet?", "Romeo and Juliet was written by William Shakespeare."),
     ("Which ocean is the largest?", "The Pacific Ocean is the largest ocean."),
-    ("What is the highest mountain above sea level?", "Mount Everest is the highest mountain above sea level."),
+    (
+        "What is the highest mountain above sea level?",
+        "Mount Everest is the highest mountain above sea level.",
+    ),
     ("What color do you get by mixing blue and yellow paint?", "Mixing blue and yellow paint gives green."),
     ("What do bees make from nectar?", "Bees make honey from nectar."),
 )
@@ -96,7 +176,10 @@ def _next_day(rng: random.Random) -> QA:
 
 def _next_month(rng: random.Random) -> QA:
     i = rng.randrange(len(MONTHS))
-    return f"Which month comes after {MONTHS[i]}?", f"{MONTHS[(i + 1) % len(MONTHS)]} comes after {MONTHS[i]}."
+    return (
+        f"Which month comes after {MONTHS[i]}?",
+        f"{MONTHS[(i + 1) % len(MONTHS)]} comes after {MONTHS[i]}.",
+    )
 
 
 def _next_letter(rng: random.Random) -> QA:
@@ -126,8 +209,23 @@ def _fact(rng: random.Random) -> QA:
 
 
 GENERATORS: tuple[Callable[[random.Random], QA], ...] = (
-    _addition, _subtraction, _multiplication, _square_root, _larger, _parity, _letters, _next_day, _next_month,
-    _next_letter, _polygon, _opposite, _capital, _capital, _fact, _fact)
+    _addition,
+    _subtraction,
+    _multiplication,
+    _square_root,
+    _larger,
+    _parity,
+    _letters,
+    _next_day,
+    _next_month,
+    _next_letter,
+    _polygon,
+    _opposite,
+    _capital,
+    _capital,
+    _fact,
+    _fact,
+)
 
 
 def general_conversation(rng: random.Random, max_turns: int = 3) -> list[QA]:

@@ -20,43 +20,89 @@ PHRASINGS = ("train", "heldout")
 # Template slots: {shape}, {shapes} (plural), {color}. Keep the two phrasings free of shared wording.
 TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
     "train": {
-        "color": ("What color is the {shape}?", "What is the color of the {shape}?",
-                  "Which color does the {shape} have?"),
-        "shape": ("What shape is the {color} object?", "What is the shape of the {color} object?",
-                  "Which shape is {color}?"),
-        "count_shape": ("How many {shapes} are there?", "How many {shapes} are in the image?",
-                        "Count the {shapes} in the image."),
-        "count_color": ("How many {color} objects are there?", "How many {color} shapes are in the image?",
-                        "Count the {color} objects."),
-        "count_all": ("How many objects are there?", "How many shapes are in the image?",
-                      "Count the objects in the image."),
-        "exist": ("Is there a {color} {shape}?", "Is there a {color} {shape} in the image?",
-                  "Does the image contain a {color} {shape}?"),
-        "position": ("Where is the {color} {shape}?", "Where is the {color} {shape} located?",
-                     "In which part of the image is the {color} {shape}?"),
-        "size": ("Is the {color} {shape} small or large?", "Is the {color} {shape} large or small?",
-                 "What size is the {color} {shape}?"),
+        "color": (
+            "What color is the {shape}?",
+            "What is the color of the {shape}?",
+            "Which color does the {shape} have?",
+        ),
+        "shape": (
+            "What shape is the {color} object?",
+            "What is the shape of the {color} object?",
+            "Which shape is {color}?",
+        ),
+        "count_shape": (
+            "How many {shapes} are there?",
+            "How many {shapes} are in the image?",
+            "Count the {shapes} in the image.",
+        ),
+        "count_color": (
+            "How many {color} objects are there?",
+            "How many {color} shapes are in the image?",
+            "Count the {color} objects.",
+        ),
+        "count_all": (
+            "How many objects are there?",
+            "How many shapes are in the image?",
+            "Count the objects in the image.",
+        ),
+        "exist": (
+            "Is there a {color} {shape}?",
+            "Is there a {color} {shape} in the image?",
+            "Does the image contain a {color} {shape}?",
+        ),
+        "position": (
+            "Where is the {color} {shape}?",
+            "Where is the {color} {shape} located?",
+            "In which part of the image is the {color} {shape}?",
+        ),
+        "size": (
+            "Is the {color} {shape} small or large?",
+            "Is the {color} {shape} large or small?",
+            "What size is the {color} {shape}?",
+        ),
     },
     "heldout": {
         "color": ("Tell me the hue of the {shape}.", "Name the hue that fills the {shape}."),
         "shape": ("Name the form of the {color} item.", "Say which geometric form the {color} item has."),
         "count_shape": ("What number of {shapes} can you see?", "Give a tally of every {shape} shown."),
-        "count_color": ("What number of {color} items can you see?", "Give a tally of every {color} item shown."),
+        "count_color": (
+            "What number of {color} items can you see?",
+            "Give a tally of every {color} item shown.",
+        ),
         "count_all": ("What number of items can you see?", "Give a tally of every item shown."),
-        "exist": ("Can you spot any {color} {shape} here?", "Does this picture include some {color} {shape}?"),
-        "position": ("Which region of the picture holds the {color} {shape}?",
-                     "Point out the area where you find the {color} {shape}."),
-        "size": ("Of the two sizes, small and large, which fits the {color} {shape}?",
-                 "Judge the scale of the {color} {shape}: small one or large one?"),
+        "exist": (
+            "Can you spot any {color} {shape} here?",
+            "Does this picture include some {color} {shape}?",
+        ),
+        "position": (
+            "Which region of the picture holds the {color} {shape}?",
+            "Point out the area where you find the {color} {shape}.",
+        ),
+        "size": (
+            "Of the two sizes, small and large, which fits the {color} {shape}?",
+            "Judge the scale of the {color} {shape}: small one or large one?",
+        ),
     },
 }
 
-DESCRIBE_PROMPTS = ("Describe the image.", "Describe the image in detail.", "What do you see in this picture?",
-                    "Give a detailed description of the image.", "Describe everything in this picture.")
-_POSITION_PHRASES = {"top left": "at the top left", "top": "at the top", "top right": "at the top right",
-                     "left": "on the left", "center": "in the center", "right": "on the right",
-                     "bottom left": "at the bottom left", "bottom": "at the bottom",
-                     "bottom right": "at the bottom right"}
+DESCRIBE_PROMPTS = (
+    "Describe the image.",
+    "Describe the image in detail.",
+    "What do you see in this picture?",
+    "Give a detailed description of the image.",
+    "Describe everything in this picture.",
+)
+_POSITION_PHRASES = {
+    "top left": "at the top left",
+    "top": "at the top",
+    "top right": "at the top right",
+    "left": "on the left",
+    "center": "in the center",
+    "right": "on the right",
+    "bottom left": "at the bottom left",
+    "bottom": "at the bottom",
+    "bottom right": "at the bottom right",
+}
 
 
 @dataclass(frozen=True)
@@ -147,8 +193,14 @@ def available_types(scene: Scene) -> list[str]:
     return [t for t in QUESTION_TYPES if t in types]
 
 
-def make_question(qtype: str, scene: Scene, rng: random.Random, phrasing: str = "train",
-                  exist_pairs: Sequence[tuple[str, str]] = (), focus: Sequence[tuple[str, str]] = ()) -> Question:
+def make_question(
+    qtype: str,
+    scene: Scene,
+    rng: random.Random,
+    phrasing: str = "train",
+    exist_pairs: Sequence[tuple[str, str]] = (),
+    focus: Sequence[tuple[str, str]] = (),
+) -> Question:
     """A question of `qtype` (one of `available_types(scene)`). Exist questions pick their absent pair from
     `exist_pairs`; targets in `focus` (colour, shape) are preferred when the scene has them."""
     if phrasing not in TEMPLATES:
@@ -161,12 +213,16 @@ def make_question(qtype: str, scene: Scene, rng: random.Random, phrasing: str = 
     if qtype == "shape":
         obj = _pick(rng, _unique(scene, "color"), focus)
         text = _template(rng, phrasing, "shape").format(color=obj.color)
-        return Question(qtype, text, obj.shape, f"The {obj.color} object is {article(obj.shape)} {obj.shape}.")
+        return Question(
+            qtype, text, obj.shape, f"The {obj.color} object is {article(obj.shape)} {obj.shape}."
+        )
     if qtype in ("position", "size"):
         obj = _pick(rng, _unique_pairs(scene), focus)
         text = _template(rng, phrasing, qtype).format(color=obj.color, shape=obj.shape)
         if qtype == "position":
-            return Question(qtype, text, obj.position, f"The {obj.color} {obj.shape} is {where_phrase(obj.position)}.")
+            return Question(
+                qtype, text, obj.position, f"The {obj.color} {obj.shape} is {where_phrase(obj.position)}."
+            )
         return Question(qtype, text, obj.size, f"The {obj.color} {obj.shape} is {obj.size}.")
     if qtype == "count":
         return _count_question(scene, rng, phrasing)

@@ -42,8 +42,13 @@ POSITIONS = (
     ("left", "center", "right"),
     ("bottom left", "bottom", "bottom right"),
 )
-HELD_OUT_PAIRS = (("red", "star"), ("green", "circle"), ("blue", "triangle"), ("yellow", "square"),
-                  ("purple", "diamond"))
+HELD_OUT_PAIRS = (
+    ("red", "star"),
+    ("green", "circle"),
+    ("blue", "triangle"),
+    ("yellow", "square"),
+    ("purple", "diamond"),
+)
 ALL_PAIRS = tuple((color, shape) for color in COLORS for shape in SHAPES)
 SEEN_PAIRS = tuple(pair for pair in ALL_PAIRS if pair not in HELD_OUT_PAIRS)
 SPLITS = ("train", "test", "compositional")
@@ -68,13 +73,27 @@ class SceneObject:
     position: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"shape": self.shape, "color": self.color, "size": self.size, "center": list(self.center),
-                "radius": self.radius, "bbox": list(self.bbox), "position": self.position}
+        return {
+            "shape": self.shape,
+            "color": self.color,
+            "size": self.size,
+            "center": list(self.center),
+            "radius": self.radius,
+            "bbox": list(self.bbox),
+            "position": self.position,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SceneObject:
-        return cls(data["shape"], data["color"], data["size"], tuple(data["center"]), data["radius"],
-                   tuple(data["bbox"]), data["position"])
+        return cls(
+            data["shape"],
+            data["color"],
+            data["size"],
+            tuple(data["center"]),
+            data["radius"],
+            tuple(data["bbox"]),
+            data["position"],
+        )
 
 
 @dataclass(frozen=True)
@@ -87,13 +106,21 @@ class Scene:
     objects: tuple[SceneObject, ...]
 
     def to_json(self) -> dict[str, Any]:
-        return {"image": self.image, "image_size": self.image_size, "background": self.background,
-                "objects": [obj.to_json() for obj in self.objects]}
+        return {
+            "image": self.image,
+            "image_size": self.image_size,
+            "background": self.background,
+            "objects": [obj.to_json() for obj in self.objects],
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Scene:
-        return cls(data["image"], data["image_size"], data["background"],
-                   tuple(SceneObject.from_json(o) for o in data["objects"]))
+        return cls(
+            data["image"],
+            data["image_size"],
+            data["background"],
+            tuple(SceneObject.from_json(o) for o in data["objects"]),
+        )
 
 
 def position_of(center: tuple[int, int], image_size: int) -> str:
@@ -189,8 +216,17 @@ def _sample_once(rng: random.Random, image_name: str, image_size: int, split: st
     objects = []
     for i, (cx, cy, r) in zip(order, spots):
         color, shape = pairs[i]
-        objects.append(SceneObject(shape, color, sizes[i], (cx, cy), r, _bbox(shape, cx, cy, r),
-                                   position_of((cx, cy), image_size)))
+        objects.append(
+            SceneObject(
+                shape,
+                color,
+                sizes[i],
+                (cx, cy),
+                r,
+                _bbox(shape, cx, cy, r),
+                position_of((cx, cy), image_size),
+            )
+        )
     objects.sort(key=lambda o: (o.center[1] * 3 // image_size, o.center[0], o.center[1]))
     return Scene(image_name, image_size, background, tuple(objects))
 

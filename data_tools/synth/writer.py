@@ -42,8 +42,15 @@ from data_tools.synth.world import (
 from mllm.errors import MllmError
 
 FORMAT_VERSION = 1
-OUTPUT_FILES = ("scenes.jsonl", "pairs.jsonl", "align.json", "instruct.json", "vqa_questions.jsonl",
-                "vqa_answers.jsonl", "synth.json")
+OUTPUT_FILES = (
+    "scenes.jsonl",
+    "pairs.jsonl",
+    "align.json",
+    "instruct.json",
+    "vqa_questions.jsonl",
+    "vqa_answers.jsonl",
+    "synth.json",
+)
 QA = tuple[str, str]
 
 
@@ -131,8 +138,9 @@ def instruct_turns(scene: Scene, rng: random.Random, split: str, max_turns: int 
     return turns
 
 
-def vqa_rows(scene: Scene, rng: random.Random, cfg: SynthConfig, qid_prefix: str
-             ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+def vqa_rows(
+    scene: Scene, rng: random.Random, cfg: SynthConfig, qid_prefix: str
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(question row, answer row) for up to `questions_per_image` questions of different types."""
     types = available_types(scene)
     chosen = rng.sample(types, min(cfg.questions_per_image, len(types)))
@@ -140,8 +148,12 @@ def vqa_rows(scene: Scene, rng: random.Random, cfg: SynthConfig, qid_prefix: str
     for k, qtype in enumerate(chosen):
         q = make_question(qtype, scene, rng, cfg.phrasing, exist_pairs(cfg.split), focus_pairs(cfg.split))
         qid = f"{qid_prefix}-{k}"
-        rows.append(({"question_id": qid, "image": scene.image, "text": f"{q.text}\n{SHORT_ANSWER_SUFFIX}"},
-                     {"question_id": qid, "answer": q.short, "type": q.type}))
+        rows.append(
+            (
+                {"question_id": qid, "image": scene.image, "text": f"{q.text}\n{SHORT_ANSWER_SUFFIX}"},
+                {"question_id": qid, "answer": q.short, "type": q.type},
+            )
+        )
     return rows
 
 
@@ -159,7 +171,9 @@ class _JsonList:
     def __enter__(self) -> _JsonList:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if kind is None:  # after an error the file stays unterminated, so it cannot pass for a complete list
             self.file.write("\n]\n" if self.count else "[]\n")
         self.file.close()
@@ -200,13 +214,20 @@ def synthesize(cfg: SynthConfig) -> SynthSummary:
         (out / "vqa_answers.jsonl").open("w", encoding="utf-8") as answers_file,
         _JsonList(out / "align.json") as align,
         _JsonList(out / "instruct.json") as instruct,
-        tqdm(total=cfg.num_images, file=sys.stderr, disable=not cfg.progress, unit="img",
-             desc=f"synth {cfg.split}") as progress,
+        tqdm(
+            total=cfg.num_images,
+            file=sys.stderr,
+            disable=not cfg.progress,
+            unit="img",
+            desc=f"synth {cfg.split}",
+        ) as progress,
     ):
         for index in range(1, cfg.num_images + 1):
             name = image_name(index, cfg.num_images)
             tag = f"{cfg.split}-{cfg.seed}-{index:06d}"
-            scene = sample_scene(rng_for(cfg.split, cfg.seed, index, "scene"), name, cfg.image_size, cfg.split)
+            scene = sample_scene(
+                rng_for(cfg.split, cfg.seed, index, "scene"), name, cfg.image_size, cfg.split
+            )
             draw_scene(scene).save(images_dir / name, format="PNG")
             scenes_file.write(_jsonl_line(scene.to_json()))
             pairs_file.write(_jsonl_line({"image": name, "caption": caption(scene)}))
@@ -216,15 +237,20 @@ def synthesize(cfg: SynthConfig) -> SynthSummary:
             chat_rng = rng_for(cfg.split, cfg.seed, index, "instruct")
             turns = instruct_turns(scene, chat_rng, cfg.split, cfg.max_turns)
             instruct.write(make_record(tag, [name], turns, image_first=chat_rng.random() < 0.9))
-            for question_row, answer_row in vqa_rows(scene, rng_for(cfg.split, cfg.seed, index, "vqa"), cfg, tag):
+            for question_row, answer_row in vqa_rows(
+                scene, rng_for(cfg.split, cfg.seed, index, "vqa"), cfg, tag
+            ):
                 questions_file.write(_jsonl_line(question_row))
                 answers_file.write(_jsonl_line(answer_row))
                 questions += 1
             while texts < round(index * text_ratio):
                 texts += 1
                 text_rng = rng_for(cfg.split, cfg.seed, texts, "text")
-                instruct.write(make_record(f"text-{cfg.split}-{cfg.seed}-{texts:06d}", [],
-                                           general_conversation(text_rng)))
+                instruct.write(
+                    make_record(
+                        f"text-{cfg.split}-{cfg.seed}-{texts:06d}", [], general_conversation(text_rng)
+                    )
+                )
             progress.update(1)
         instruct_count = instruct.count
     _write_metadata(cfg)
@@ -244,7 +270,7 @@ def _write_metadata(cfg: SynthConfig) -> None:
         "text_fraction": cfg.text_fraction,
         "held_out_pairs": [list(p) for p in HELD_OUT_PAIRS],
         "notes": "train and test exclude the held-out (color, shape) pairs and never share a scene (a hash of "
-                 "the scene content decides which of the two may hold it); every compositional image holds at "
-                 "least one held-out pair.",
+        "the scene content decides which of the two may hold it); every compositional image holds at "
+        "least one held-out pair.",
     }
     (cfg.out / "synth.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
