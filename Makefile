@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo lint bench stress stress-quick release-model chromium clean
+.PHONY: setup test test-fast demo lint bench stress stress-quick release-model release-ablation chromium clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -41,7 +41,11 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.run $(BENCH_ARGS)
 
 release-model: $(STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DS_ACCELERATOR=cpu $(BIN)/python -m train.release --out runs/release --install
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DS_ACCELERATOR=cpu $(BIN)/python -m train.release --out runs/release --install
+	$(BIN)/python -m train.model_card --release runs/release --ablation runs/ablation --out MODEL_CARD.md
+
+release-ablation: $(STAMP)
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/python -m train.ablation --release runs/release --out runs/ablation --align-steps 10 --instruct-steps 25 --questions 200
 
 stress: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m tests.stress.run
