@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from transformers import DynamicCache, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
-from mllm.generation import GenerationStats, cut_at_stop
+from mllm.generation import GenerationStats, cut_at_stop, held_back
 from mllm.model import MultimodalModel
 
 
@@ -92,7 +92,6 @@ def decode_text(
     tokenizer = model.tokenizer
     tokens: list[int] = []
     emitted = 0
-    longest_stop = max((len(s) for s in stop), default=0)
     for token in decode_tokens(model, input_ids, pixel_values, max_new_tokens, temperature, top_p, cancel):
         tokens.append(token)
         stats.completion_tokens = len(tokens)
@@ -105,7 +104,7 @@ def decode_text(
             if len(visible) > emitted:
                 yield visible[emitted:]
             return
-        safe = len(visible) - max(0, longest_stop - 1)  # hold back what could start a stop string
+        safe = len(visible) - held_back(visible, stop)  # what could still start a stop string
         if safe > emitted:
             yield visible[emitted:safe]
             emitted = safe

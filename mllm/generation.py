@@ -65,7 +65,7 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
-def _held_back(text: str, stop: Sequence[str]) -> int:
+def held_back(text: str, stop: Sequence[str]) -> int:
     """How many trailing characters could still be the start of a stop string."""
     longest = 0
     for s in stop:
@@ -111,7 +111,7 @@ def stream_generate(
                     yield visible[len(emitted) :]
                 cancel.set()
                 break
-            safe = len(visible) - _held_back(visible, stop)
+            safe = len(visible) - held_back(visible, stop)
             if safe > len(emitted):
                 yield visible[len(emitted) : safe]
                 emitted = visible[:safe]
