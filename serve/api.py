@@ -20,19 +20,19 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Send
 
 from mllm.assistant import Assistant
 from mllm.errors import MllmError
 from mllm.generation import GenerationStats
+from serve.api_runtime import CancellingStream, GenerationGate, Reply, ServerStats
 from serve.openai_format import ApiError, ChatRequest, ImagePolicy, parse_chat_request
 from serve.session import stream_reply
 
@@ -55,90 +55,6 @@ class ApiSettings:
     local_image_folder: Path | None = None
     concurrency: int = 1
     max_queue: int = 8
-
-
-@dataclass
-class ServerStats:
-    """Counters for monitoring and tests: finished generations (with their stats) and cancellations."""
-
-    finished: list[GenerationStats] = field(default_factory=list)
-    cancelled: int = 0
-    active: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def started(self) -> None:
-        with self.lock:
-            self.active += 1
-
-    def ended(self, stats: GenerationStats, abandoned: bool) -> None:
-        with self.lock:
-            self.active -= 1
-            self.finished.append(stats)
-            self.cancelled += int(abandoned)
-
-
-class GenerationGate:
-    """At most `concurrency` generations at once; at most `max_queue` requests waiting for a slot. Lives on
-    the event loop; worker threads release their slot through `loop.call_soon_threadsafe`."""
-
-    def __init__(self, concurrency: int, max_queue: int) -> None:
-        self.semaphore = asyncio.Semaphore(concurrency)
-        self.max_queue = max_queue
-        self.waiting = 0
-
-    def check(self) -> None:
-        """Refuse (429) when every slot is busy and the queue is full."""
-        if self.semaphore.locked() and self.waiting >= self.max_queue:
-            raise ApiError(
-                429,
-                f"the server is busy ({self.waiting} request(s) waiting); retry later",
-                code="queue_full",
-                type="rate_limit_error",
-            )
-
-    async def enter(self) -> None:
-        self.check()
-        self.waiting += 1
-        try:
-            await self.semaphore.acquire()
-        finally:
-            self.waiting -= 1
-
-    def release(self) -> None:
-        self.semaphore.release()
-
-
-class _Reply:
-    """One generation in flight: pieces (or an exception, then _DONE) arrive on `queue`. `close()` stops it;
-    when that happens before generation ended, `abandoned` tells the worker the client went away."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[Any] = asyncio.Queue()
-        self.cancel = threading.Event()
-        self.abandoned = threading.Event()
-        self.stats = GenerationStats()
-        self.finished = False
-
-    def close(self) -> None:
-        if not self.finished:
-            self.finished = True
-            if not self.cancel.is_set():
-                self.abandoned.set()
-            self.cancel.set()
-
-
-class _CancellingStream(StreamingResponse):
-    """A streaming response that closes its reply however it ends (finished, client gone, server stopping)."""
-
-    def __init__(self, content: AsyncIterator[str], reply: _Reply) -> None:
-        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        self.reply = reply
-
-    async def stream_response(self, send: Send) -> None:
-        try:
-            await super().stream_response(send)
-        finally:
-            self.reply.close()
 
 
 def _error(exc: ApiError) -> JSONResponse:
@@ -283,11 +199,11 @@ class ApiServer:
             self.assistant.model.config.max_images,
         )
 
-    async def _start(self, chat: ChatRequest) -> _Reply:
+    async def _start(self, chat: ChatRequest) -> Reply:
         """Wait for a slot, then start generating in a worker thread; pieces arrive on the reply's queue."""
         await self.gate.enter()
         loop = asyncio.get_running_loop()
-        reply = _Reply()
+        reply = Reply()
         try:
             pieces = await anyio.to_thread.run_sync(
                 lambda: stream_reply(self.assistant, chat.turns, chat.settings, reply.cancel, reply.stats)
@@ -322,7 +238,7 @@ class ApiServer:
         threading.Thread(target=work, name="mllm-api-reply", daemon=True).start()
         return reply
 
-    def _finish(self, reply: _Reply) -> None:
+    def _finish(self, reply: Reply) -> None:
         """On the event loop: free the generation slot, then mark the reply done."""
         self.gate.release()
         reply.queue.put_nowait(_DONE)
@@ -332,7 +248,7 @@ class ApiServer:
         reply_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         if chat.stream:
-            return _CancellingStream(self._events(reply, chat, reply_id, created), reply)
+            return CancellingStream(self._events(reply, chat, reply_id, created), reply)
         parts: list[str] = []
         try:
             while (item := await reply.queue.get()) is not _DONE:
@@ -359,7 +275,7 @@ class ApiServer:
         }
 
     async def _events(
-        self, reply: _Reply, chat: ChatRequest, reply_id: str, created: int
+        self, reply: Reply, chat: ChatRequest, reply_id: str, created: int
     ) -> AsyncIterator[str]:
         def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
             data = {

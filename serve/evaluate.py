@@ -9,31 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from mllm.errors import MllmError
+from mllm.jsonl import read_jsonl_numbered
 from mllm.scoring import OVERALL, score_counts
 
 log = logging.getLogger(__name__)
 
 
 def _records(path: Path, flag: str) -> list[tuple[int, dict[str, Any]]]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise MllmError(f"{path}: file not found ({flag})") from None
-    except UnicodeDecodeError as exc:
-        raise MllmError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    records = []
-    for n, raw in enumerate(lines, 1):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise MllmError(f"{path}:{n}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-        if not isinstance(record, dict):
-            raise MllmError(f"{path}:{n}: expected a JSON object, got {type(record).__name__}")
+    records = read_jsonl_numbered(path, flag)
+    for n, record in records:
         if not isinstance(record.get("question_id"), (str, int)) and not record.get("error"):
             raise MllmError(f"{path}:{n}: field question_id: expected a string or integer")
-        records.append((n, record))
     return records
 
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from mllm.assistant import Assistant
 from mllm.batch import Prompt, encode_item, generate_prompts
 from mllm.errors import MllmError
+from mllm.jsonl import read_lines
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +83,7 @@ def parse_question(raw: str, line: int, source: str) -> Question | Problem:
 
 def read_questions(path: Path) -> list[Question | Problem]:
     """Every non-blank line of a questions file, parsed."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise MllmError(f"{path}: questions file not found (--questions)") from None
-    except UnicodeDecodeError as exc:
-        raise MllmError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    return [parse_question(raw, n, str(path)) for n, raw in enumerate(lines, 1) if raw.strip()]
+    return [parse_question(raw, n, str(path)) for n, raw in read_lines(path, "--questions")]
 
 
 def answered_ids(path: Path) -> set[str]:
