@@ -21,13 +21,22 @@ def load(
     load_in_4bit: bool = False,
     load_in_8bit: bool = False,
     fast: bool = True,
+    precision: str = "auto",
     **llm_overrides: Any,
 ) -> Assistant:
     """Load an Assistant from `default`, a checkpoint folder or a model config YAML (imports torch lazily).
-    `fast` (default) merges LoRA and decodes with mllm's token loop; False uses transformers' generate."""
+    `fast` (default) merges LoRA and decodes with mllm's token loop at `precision` (auto: fp16 weights on CPUs
+    with the kernels for it; fp32); False uses transformers' generate in fp32."""
     from mllm.assistant import load as _load
 
-    return _load(spec, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit, fast=fast, **llm_overrides)
+    return _load(
+        spec,
+        load_in_4bit=load_in_4bit,
+        load_in_8bit=load_in_8bit,
+        fast=fast,
+        precision=precision,
+        **llm_overrides,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -23,8 +23,11 @@ from mllm.decoding import decode_text
 from mllm.errors import MllmError
 from mllm.generation import GenerationStats, TokenCounter, cut_at_stop, sampling_kwargs, stream_generate
 from mllm.images import DEFAULT_MAX_PIXELS, ImageInput
+from mllm.limits import INFERENCE_PRECISIONS
 from mllm.model import MultimodalModel
+from mllm.prefix_cache import PrefixCache
 from mllm.processor import Message, place_images
+from mllm.quantize import apply_precision
 from mllm.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,7 @@ class Assistant:
         self.name = name
         self.fast = fast
         self.max_pixels = DEFAULT_MAX_PIXELS
+        self.prefix_cache = PrefixCache()  # fast path: prompts that start alike prefill only what is new
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -163,7 +167,16 @@ class Assistant:
         max_new = kwargs["max_new_tokens"]
         if self.fast and not generate_kwargs:
             return decode_text(
-                self.model, input_ids, pixel_values, max_new, temperature, top_p, stop, cancel, stats
+                self.model,
+                input_ids,
+                pixel_values,
+                max_new,
+                temperature,
+                top_p,
+                stop,
+                cancel,
+                stats,
+                prefix_cache=self.prefix_cache,
             )
         stats.prompt_tokens = int(input_ids.shape[1])
         criteria = [*kwargs.pop("stopping_criteria", []), TokenCounter(stats)]
@@ -199,15 +212,20 @@ def load(
     load_in_4bit: bool = False,
     load_in_8bit: bool = False,
     fast: bool = True,
+    precision: str = "auto",
     **llm_overrides: Any,
 ) -> Assistant:
     """Load an Assistant: `default` (the shipped assistant), a checkpoint folder, or a model config YAML.
-    `fast` picks the merged-LoRA token loop (default) over transformers' generate."""
+    `fast` picks the merged-LoRA token loop (default) over transformers' generate, at inference `precision`
+    (mllm.quantize: `auto` is fp16 weights on CPUs with the kernels for it, `fp32` keeps the weights); `fast=False` is the
+    plain fp32 path."""
     if load_in_4bit:
         llm_overrides["load_in_4bit"] = True
     if load_in_8bit:
         llm_overrides["load_in_8bit"] = True
+    if precision not in INFERENCE_PRECISIONS:
+        raise MllmError(f"unknown precision {precision!r}; valid: {', '.join(INFERENCE_PRECISIONS)}")
     model = load_model(spec, **llm_overrides)
     if fast:
-        model = merge_for_inference(model)
+        model = apply_precision(merge_for_inference(model), precision)
     return Assistant(model, name=model.config.name, fast=fast)

@@ -1,5 +1,6 @@
-"""The fast decode path: prefill the merged embeddings once, then one LLM forward per token on the KV cache,
-with no generate() machinery, no streamer thread and text streamed from the tokens as they come.
+"""The fast decode path: prefill the merged embeddings once, then one step per token on the KV cache (the lean
+static-cache step of mllm.llama_step for Llama-architecture LLMs, else one LLM forward), with no generate()
+machinery, no streamer thread and text streamed from the tokens as they come.
 
 Greedy output is identical to transformers' generate on the same model (tested); sampling reuses transformers'
 temperature and top-p warpers.
@@ -14,7 +15,9 @@ import torch
 from transformers import DynamicCache, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
 from mllm.generation import GenerationStats, cut_at_stop, held_back
+from mllm.llama_step import stepper_for
 from mllm.model import MultimodalModel
+from mllm.prefix_cache import PrefixCache, prompt_key
 
 
 def _warpers(temperature: float, top_p: float) -> LogitsProcessorList:
@@ -37,21 +40,41 @@ def decode_tokens(
     cancel: threading.Event | None = None,
     generator: torch.Generator | None = None,
     min_new_tokens: int = 0,
+    prefix_cache: PrefixCache | None = None,
 ) -> Iterator[int]:
     """Yield new token ids for one prompt [1, T] until an end-of-sequence token, `max_new_tokens` or `cancel`;
-    end-of-sequence is suppressed for the first `min_new_tokens` (as generate's min_new_tokens)."""
+    end-of-sequence is suppressed for the first `min_new_tokens` (as generate's min_new_tokens). With a
+    `prefix_cache`, the longest stored prefix of the prompt is not computed again, and the prompt is stored."""
     llm = model.llm
     eos = llm.generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     eos_ids.add(model.tokenizer.eos_token_id)
     warpers = _warpers(temperature, top_p)
-    cache = DynamicCache(config=llm.config)
     inputs_embeds = model.embed(input_ids, pixel_values)
     length = inputs_embeds.shape[1]
-    out = llm(inputs_embeds=inputs_embeds, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    cache, reused = None, 0
+    if prefix_cache is not None:
+        key = prompt_key(input_ids, pixel_values, model.image_token_id, model.num_image_tokens)
+        cache, reused = prefix_cache.lookup(key, llm.config)
+    if cache is None:
+        cache = DynamicCache(config=llm.config)
+    out = llm(
+        inputs_embeds=inputs_embeds[:, reused:],
+        past_key_values=cache,
+        use_cache=True,
+        position_ids=torch.arange(reused, length, device=inputs_embeds.device)[None],
+        logits_to_keep=1,
+    )
+    if prefix_cache is not None:
+        prefix_cache.store(key, cache)
+    logits = out.logits[:, -1, :]
+    stepper = stepper_for(llm, length + max_new_tokens)
+    if stepper is not None:
+        stepper.start(cache)
+        del cache
     generated = input_ids.to(model.device)
     for step in range(max_new_tokens):
-        logits = out.logits[:, -1, :].float()
+        logits = logits.float()
         if step < min_new_tokens:
             logits[:, sorted(eos_ids)] = -float("inf")
         if temperature > 0:
@@ -67,11 +90,15 @@ def decode_tokens(
             return
         if temperature > 0 and warpers:
             generated = torch.cat([generated, token], dim=1)
+        if stepper is not None:
+            logits = stepper.step(token)
+            continue
         position = torch.tensor([[length]], device=model.device)
         length += 1
         out = llm(
             input_ids=token, past_key_values=cache, use_cache=True, position_ids=position, logits_to_keep=1
         )
+        logits = out.logits[:, -1, :]
 
 
 def decode_text(
@@ -84,6 +111,7 @@ def decode_text(
     stop: Sequence[str] = (),
     cancel: threading.Event | None = None,
     stats: GenerationStats | None = None,
+    prefix_cache: PrefixCache | None = None,
 ) -> Iterator[str]:
     """Yield the reply text piece by piece; stop strings are cut (never emitted) and end generation. `stats`
     receives the token counts and the finish reason."""
@@ -92,7 +120,9 @@ def decode_text(
     tokenizer = model.tokenizer
     tokens: list[int] = []
     emitted = 0
-    for token in decode_tokens(model, input_ids, pixel_values, max_new_tokens, temperature, top_p, cancel):
+    for token in decode_tokens(
+        model, input_ids, pixel_values, max_new_tokens, temperature, top_p, cancel, prefix_cache=prefix_cache
+    ):
         tokens.append(token)
         stats.completion_tokens = len(tokens)
         stats.finish_reason = "length" if len(tokens) == max_new_tokens else "stop"

@@ -72,6 +72,7 @@ class MultimodalModel(nn.Module):
             max_length=context_length(config.llm, llm),
         )
         self.image_token_id = self.processor.image_token_id
+        self.inference_precision = "fp32"  # set by mllm.quantize.apply_precision
 
     @classmethod
     def build(cls, config: ModelConfig, with_lora: bool | None = None) -> MultimodalModel:

@@ -14,9 +14,11 @@ from mllm.batch import answer_batch, left_pad
 from mllm.errors import MllmError
 
 
-@pytest.fixture(scope="module")
-def assistant() -> Assistant:
-    return lively_assistant()
+@pytest.fixture(scope="module", params=["fp32", "fp16"])
+def assistant(request: pytest.FixtureRequest) -> Assistant:
+    """The lively tiny model at fp32 and at fp16 weights (activations are not quantized at fp16, so each row
+    of a batch is still computed on its own)."""
+    return lively_assistant(precision=request.param)
 
 
 @pytest.fixture(scope="module")

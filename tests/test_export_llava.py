@@ -59,7 +59,7 @@ def test_hf_llava_matches_mllm(projector: str, tmp_path: Path, capsys: pytest.Ca
 
     llava = LlavaForConditionalGeneration.from_pretrained(out).eval()
     processor = AutoProcessor.from_pretrained(out)
-    assistant = mllm.load(str(checkpoint))
+    assistant = mllm.load(str(checkpoint), precision="fp32")
     assert llava.config.image_token_id == assistant.model.image_token_id
     assert llava.config.image_seq_length == assistant.model.num_image_tokens == 16
 
@@ -94,7 +94,8 @@ def test_merged_checkpoint_runs(tmp_path: Path) -> None:
     meta = read_meta(out)
     assert meta["config"]["lora"]["enabled"] is False and meta["stage"] == "finetune" and meta["step"] == 7
     assert (out / "llm" / "model.safetensors").is_file() and not (out / "adapter").exists()
-    original, merged = mllm.load(str(checkpoint)), mllm.load(str(out))
+    original = mllm.load(str(checkpoint), precision="fp32")
+    merged = mllm.load(str(out), precision="fp32")
     ids, pixels = original.prepare([{"role": "user", "content": QUESTION}], [picture()])
     with torch.no_grad():
         diff = original.model(ids, pixel_values=pixels).logits - merged.model(ids, pixel_values=pixels).logits

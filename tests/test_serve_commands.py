@@ -91,5 +91,8 @@ def test_quantization_flags(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capt
 
     monkeypatch.setattr("mllm.load", fake_load)
     assert main(["vqa", "--model", "x", "--load-8bit", "--question", "q"]) == 1
-    assert calls == [{"spec": "x", "load_in_4bit": False, "load_in_8bit": True}]
+    assert calls == [{"spec": "x", "load_in_4bit": False, "load_in_8bit": True, "precision": "auto"}]
+    calls.clear()
+    assert main(["vqa", "--model", "x", "--precision", "fp32", "--question", "q"]) == 1
+    assert calls == [{"spec": "x", "load_in_4bit": False, "load_in_8bit": False, "precision": "fp32"}]
     assert "stop here" in capsys.readouterr().err

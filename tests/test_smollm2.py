@@ -17,3 +17,30 @@ def test_real_smollm2_knows_paris(tiny_config_path):
         [{"role": "user", "content": "What is the capital of France?"}], max_new_tokens=24
     )
     assert "Paris" in answer
+
+
+@pytest.mark.slow
+def test_default_assistant_fp16_keeps_fp32_answers(tmp_path):
+    """The default path (fp16 weights) against fp32 on 48 unseen shapes-world questions: stated tolerance, at
+    most one answer in 48 differs and accuracy moves by at most one question."""
+    from data_tools.synth.writer import SynthConfig, synthesize
+    from mllm.batch import answer_batch
+    from mllm.scoring import normalize_answer
+    from train.evaluate import load_vqa
+
+    data = tmp_path / "test"
+    synthesize(SynthConfig(out=data, num_images=24, seed=7, image_size=96, split="test", progress=False))
+    items = load_vqa(data / "vqa_questions.jsonl", data / "vqa_answers.jsonl", None)
+    assert len(items) == 48
+    questions = [([item.image], item.text) for item in items]
+    answers = {}
+    for precision in ("fp32", "fp16"):
+        assistant = mllm.load("default", precision=precision)
+        assert assistant.model.inference_precision == precision
+        answers[precision] = answer_batch(assistant, questions, max_new_tokens=10, batch_size=16)
+    differ = sum(a != b for a, b in zip(answers["fp32"], answers["fp16"]))
+    right = {
+        p: sum(normalize_answer(a) == normalize_answer(i.answer) for a, i in zip(answers[p], items))
+        for p in answers
+    }
+    assert differ <= 1 and abs(right["fp32"] - right["fp16"]) <= 1, (differ, right)

@@ -1,0 +1,94 @@
+"""Reuse of prompt prefixes across requests: the KV cache of recent prompts is kept, and a new prompt that starts
+the same way (the system prompt of every chat, all earlier turns of a multi-turn chat) prefills only what is
+new. On a CPU, prefill is most of the time to first token.
+
+A prompt is keyed token by token: text tokens by their id, image tokens by a digest of the image's pixels and
+the patch index, so the same words with another picture never match past the image. Entries are evicted
+oldest first once the cached tokens pass `max_tokens`. Thread-safe; cached tensors are never written to
+(a DynamicCache grows by concatenation, which makes new tensors).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+
+import torch
+from transformers import DynamicCache
+
+Key = tuple[int, ...]
+
+
+def prompt_key(
+    input_ids: torch.Tensor, pixel_values: torch.Tensor | None, image_token_id: int, tokens_per_image: int
+) -> Key:
+    """Per position of input_ids [1, T]: the token id, or for an image token a number above any token id made
+    from the image's pixel digest and the patch index."""
+    ids = input_ids[0].tolist()
+    digests: list[int] = []
+    if pixel_values is not None:
+        for image in pixel_values:
+            data = image.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+            digests.append(int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big"))
+    key = []
+    seen = 0
+    for token in ids:
+        if token == image_token_id and digests:
+            image, patch = divmod(seen, tokens_per_image)
+            key.append(2**40 + (digests[min(image, len(digests) - 1)] << 16) + patch)
+            seen += 1
+        else:
+            key.append(token)
+    return tuple(key)
+
+
+def _common_length(a: Key, b: Key) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+class PrefixCache:
+    """An LRU of prompt KV caches (per layer: keys, values [1, kv_heads, T, head_dim])."""
+
+    def __init__(self, max_tokens: int = 2048, min_reuse: int = 8) -> None:
+        self.max_tokens = max_tokens
+        self.min_reuse = min_reuse
+        self.entries: OrderedDict[Key, list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+        self.lock = threading.Lock()
+        self.hits = 0
+        self.reused_tokens = 0
+
+    def lookup(self, key: Key, config: object) -> tuple[DynamicCache | None, int]:
+        """A cache holding the longest stored prefix of `key` (at most len(key) - 1 tokens, so the last prompt
+        token is always computed) and its length; (None, 0) when no prefix of `min_reuse` tokens is stored."""
+        with self.lock:
+            best, length = None, 0
+            for stored in self.entries:
+                common = min(_common_length(stored, key), len(key) - 1)
+                if common > length:
+                    best, length = stored, common
+            if best is None or length < self.min_reuse:
+                return None, 0
+            self.entries.move_to_end(best)
+            layers = self.entries[best]
+            self.hits += 1
+            self.reused_tokens += length
+        cache = DynamicCache(config=config)
+        for index, (keys, values) in enumerate(layers):
+            cache.update(keys[:, :, :length], values[:, :, :length], index)
+        return cache, length
+
+    def store(self, key: Key, cache: DynamicCache) -> None:
+        """Keep the prompt's cache (its first len(key) positions), evicting the oldest entries over budget."""
+        if len(key) > self.max_tokens:
+            return
+        layers = [(layer.keys[:, :, : len(key)], layer.values[:, :, : len(key)]) for layer in cache.layers]
+        with self.lock:
+            self.entries[key] = layers
+            self.entries.move_to_end(key)
+            while sum(len(k) for k in self.entries) > self.max_tokens:
+                self.entries.popitem(last=False)

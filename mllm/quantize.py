@@ -1,0 +1,93 @@
+"""Inference precision of the LLM's linear layers, picked by exact name:
+
+- `fp32`: the weights as loaded; greedy output identical to transformers' generate.
+- `fp16`: every `nn.Linear` of the (LoRA-merged) LLM keeps its weights in fp16 and computes in fp32
+  (`torch.ao.quantization.quantize_dynamic` with dtype float16, fbgemm's fp16 GEMM). Decoding a token reads
+  half the weight bytes, and on a CPU reading the weights is what bounds decode speed. Activations are not
+  quantized, so each row of a batch is computed on its own (batched answers equal single ones); the only
+  change is rounding the weights to fp16 (about 3 decimal digits, where bf16 keeps 2).
+- `int8`: the same layers as torch's dynamically quantized int8 Linear (int8 weights with one scale per output
+  channel, activations quantized per call): a quarter of the weight bytes, but the activation scale is shared
+  by a whole batch, so batched answers can differ from single ones, and replies differ more from fp32.
+- `auto`: `fp16` where those kernels exist (a CPU LLM in fp32), else `fp32`.
+
+The input embedding stays fp32. Reduced precision can change replies, so its accuracy is checked against fp32
+(tests/test_smollm2.py and the release evaluation on the shapes test split).
+Only for a model that is not trained again: quantized modules have no gradients.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from mllm.errors import MllmError
+from mllm.model import MultimodalModel
+from mllm.registry import Registry
+
+log = logging.getLogger(__name__)
+PRECISIONS: Registry[Callable[[MultimodalModel], MultimodalModel]] = Registry("inference precision")
+
+
+def quantized_supported(model: MultimodalModel) -> bool:
+    """Whether `fp16`/`int8` can run: a CPU LLM with plain fp32 weights (no bitsandbytes) and an x86/fbgemm
+    quantized engine."""
+    llm_config = model.config.llm
+    engines = torch.backends.quantized.supported_engines
+    return (
+        model.device.type == "cpu"
+        and not (llm_config.load_in_4bit or llm_config.load_in_8bit)
+        and all(p.dtype == torch.float32 for p in model.llm.parameters())
+        and any(engine in engines for engine in ("x86", "fbgemm"))
+    )
+
+
+@PRECISIONS.register("fp32")
+def _keep(model: MultimodalModel) -> MultimodalModel:
+    return model
+
+
+def _dynamic(model: MultimodalModel, dtype: torch.dtype) -> MultimodalModel:
+    from torch.ao.quantization import float16_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+
+    name = "fp16" if dtype == torch.float16 else "int8"
+    if not quantized_supported(model):
+        raise MllmError(
+            f"precision {name} needs an fp32 LLM on a CPU with torch's x86/fbgemm kernels "
+            "(not a GPU, not --load-4bit/--load-8bit); use precision fp32"
+        )
+    if any(module_name.endswith("lora_A") for module_name, _ in model.llm.named_modules()):
+        raise MllmError(f"precision {name} needs the LoRA adapters merged first (merge_for_inference)")
+    qconfig = float16_dynamic_qconfig if dtype == torch.float16 else per_channel_dynamic_qconfig
+    model.llm = quantize_dynamic(model.llm, {nn.Linear: qconfig}, dtype=dtype)
+    log.info("LLM linear layers at %s (dynamic quantization, fp32 activations in, fp32 out)", name)
+    return model
+
+
+@PRECISIONS.register("fp16")
+def _fp16(model: MultimodalModel) -> MultimodalModel:
+    return _dynamic(model, torch.float16)
+
+
+@PRECISIONS.register("int8")
+def _int8(model: MultimodalModel) -> MultimodalModel:
+    return _dynamic(model, torch.qint8)
+
+
+def resolve_precision(model: MultimodalModel, precision: str) -> str:
+    """`auto` -> `int8` or `fp32` for this model; other names are checked against the registry."""
+    if precision == "auto":
+        return "fp16" if quantized_supported(model) else "fp32"
+    PRECISIONS.get(precision)
+    return precision
+
+
+def apply_precision(model: MultimodalModel, precision: str) -> MultimodalModel:
+    """The model with its LLM at inference `precision` (see the module docstring); records it on the model."""
+    name = resolve_precision(model, precision)
+    model = PRECISIONS.get(name)(model)
+    model.inference_precision = name
+    return model

@@ -1,0 +1,74 @@
+"""Prompt-prefix reuse on the fast path (mllm.prefix_cache): replies equal those computed from scratch, a
+multi-turn chat reuses its earlier turns, another image never matches past the image, and the cache keeps to
+its token budget."""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+from serve_support import lively_assistant
+
+from mllm.decoding import decode_tokens
+from mllm.prefix_cache import PrefixCache, prompt_key
+
+RED = Image.new("RGB", (40, 40), (220, 20, 20))
+BLUE = Image.new("RGB", (40, 40), (20, 20, 220))
+
+
+def _scratch(assistant, messages, images, max_new_tokens=8) -> list[int]:
+    ids, pixels = assistant.prepare(messages, images)
+    return list(decode_tokens(assistant.model, ids, pixels, max_new_tokens))
+
+
+def _cached(assistant, messages, images, cache, max_new_tokens=8) -> list[int]:
+    ids, pixels = assistant.prepare(messages, images)
+    return list(decode_tokens(assistant.model, ids, pixels, max_new_tokens, prefix_cache=cache))
+
+
+def test_reused_prefixes_give_the_replies_computed_from_scratch() -> None:
+    assistant = lively_assistant(precision="fp32")
+    cache = PrefixCache(min_reuse=4)
+    first = [{"role": "user", "content": "<image>\nWhat is in the picture?"}]
+    reply = assistant.tokenizer.decode(_cached(assistant, first, [RED], cache))
+    assert cache.hits == 0
+    turn2 = [*first, {"role": "assistant", "content": reply}, {"role": "user", "content": "And its colour?"}]
+    assert _cached(assistant, turn2, [RED], cache) == _scratch(assistant, turn2, [RED])
+    ids, _ = assistant.prepare(first, [RED])
+    assert cache.hits == 1 and cache.reused_tokens >= ids.shape[1] - 1  # the whole first turn was reused
+    for text in ("Count to three.", "Count to four."):
+        messages = [{"role": "user", "content": text}]
+        assert _cached(assistant, messages, [], cache) == _scratch(assistant, messages, [])
+
+
+def test_another_image_is_not_matched_past_the_image() -> None:
+    assistant = lively_assistant(precision="fp32")
+    messages = [{"role": "user", "content": "What is in the picture?"}]
+    ids, red = assistant.prepare(messages, [RED])
+    _, blue = assistant.prepare(messages, [BLUE])
+    image_token = assistant.model.image_token_id
+    red_key = prompt_key(ids, red, image_token, assistant.model.num_image_tokens)
+    blue_key = prompt_key(ids, blue, image_token, assistant.model.num_image_tokens)
+    first_image = ids[0].tolist().index(image_token)
+    assert red_key[:first_image] == blue_key[:first_image] and red_key[first_image] != blue_key[first_image]
+    cache = PrefixCache(min_reuse=1)
+    _cached(assistant, messages, [RED], cache)
+    assert _cached(assistant, messages, [BLUE], cache) == _scratch(assistant, messages, [BLUE])
+    assert cache.reused_tokens == first_image
+
+
+def test_the_cache_keeps_to_its_token_budget() -> None:
+    assistant = lively_assistant(precision="fp32")
+    cache = PrefixCache(max_tokens=80, min_reuse=1)
+    for n in range(6):
+        _cached(assistant, [{"role": "user", "content": f"Question number {n}?"}], [], cache, 2)
+    assert 0 < sum(len(k) for k in cache.entries) <= 80
+    assert len(cache.entries) < 6
+
+
+def test_the_assistant_reuses_the_system_prompt_across_chats() -> None:
+    assistant = lively_assistant(precision="fp32")
+    before = assistant.prefix_cache.hits
+    for question in ("Hello there, how are you?", "Hello there, what is this?"):
+        assistant.chat([{"role": "user", "content": question}], max_new_tokens=3)
+    assert assistant.prefix_cache.hits == before + 1
+    assert torch.is_grad_enabled()
