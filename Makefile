@@ -41,7 +41,7 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.run $(BENCH_ARGS)
 
 release-model: $(STAMP)
-	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DS_ACCELERATOR=cpu $(BIN)/python -m train.release --out runs/release --install
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DS_ACCELERATOR=cpu $(BIN)/python -m train.release --out runs/release --install
 	$(BIN)/python -m train.model_card --release runs/release --ablation runs/ablation --out MODEL_CARD.md
 
 release-ablation: $(STAMP)

@@ -11,8 +11,8 @@ import torch
 from tests.train_support import TINY_MODEL, make_data, run_training, write_config
 
 
-def test_cell_targets_mark_the_patch_of_each_object_center() -> None:
-    from train.clip import ATTRIBUTE_INDEX, cell_targets
+def test_aux_targets_name_the_object_of_each_patch_and_the_counts() -> None:
+    from train.clip_aux import COUNT_KEYS, IGNORE, PATCH_GROUPS, cell_targets, count_targets
 
     scene = {
         "image_size": 96,
@@ -20,14 +20,22 @@ def test_cell_targets_mark_the_patch_of_each_object_center() -> None:
         "objects": [
             {"shape": "star", "color": "red", "size": "small", "center": [10, 10]},
             {"shape": "circle", "color": "blue", "size": "large", "center": [80, 50]},
+            {"shape": "circle", "color": "red", "size": "small", "center": [40, 90]},
         ],
     }
-    targets = cell_targets(scene, 3)
-    assert targets.shape == (9, len(ATTRIBUTE_INDEX))
-    occupied = targets[:, ATTRIBUTE_INDEX["occupied"]].nonzero().flatten().tolist()
-    assert occupied == [0, 5]  # top left, and the right cell of the middle row
-    assert targets[0, ATTRIBUTE_INDEX["red"]] == 1 and targets[0, ATTRIBUTE_INDEX["star"]] == 1
-    assert targets[5, ATTRIBUTE_INDEX["large"]] == 1 and targets[5, ATTRIBUTE_INDEX["red"]] == 0
+    targets = cell_targets(scene, 6)  # 16 px patches
+    assert targets.shape == (36, 1 + len(PATCH_GROUPS))
+    assert targets[:, 0].nonzero().flatten().tolist() == [0, 3 * 6 + 5, 5 * 6 + 2]
+    colors, shapes, sizes = PATCH_GROUPS["color"], PATCH_GROUPS["shape"], PATCH_GROUPS["size"]
+    assert (colors[targets[0, 1]], shapes[targets[0, 2]], sizes[targets[0, 3]]) == ("red", "star", "small")
+    assert (colors[targets[23, 1]], shapes[targets[23, 2]], sizes[targets[23, 3]]) == (
+        "blue",
+        "circle",
+        "large",
+    )
+    assert targets[1].tolist() == [0, IGNORE, IGNORE, IGNORE]  # no object center: attributes are not scored
+    counts = dict(zip(COUNT_KEYS, count_targets(scene).tolist()))
+    assert counts["all"] == 3 and counts["red"] == 2 and counts["circle"] == 2 and counts["green"] == 0
 
 
 def test_clip_stage_saves_a_vision_tower_the_model_loads(tmp_path: Path) -> None:
@@ -56,6 +64,7 @@ def test_clip_stage_saves_a_vision_tower_the_model_loads(tmp_path: Path) -> None
     run = tmp_path / "run"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["stage"] == "clip" and 0 <= summary["eval"]["retrieval_accuracy"] <= 1
+    assert {"color_accuracy", "shape_accuracy", "size_accuracy", "count_accuracy"} <= set(summary["eval"])
     assert (run / "loss.png").is_file() and (run / "clip" / "vocab.json").is_file()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {"contrastive", "aux"} <= set(rows[0])

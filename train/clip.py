@@ -1,13 +1,14 @@
 """Stage `clip`: our own small CLIP (vision and text towers, transformers' `CLIPModel`, symmetric InfoNCE via
 `return_loss`) trained on the shapes world's `pairs.jsonl`, on a DeepSpeed engine like the other stages.
 
-Contrastive loss alone teaches a tower what sets captions apart, which is weak on counts and positions. So
-the patch features of the layer the multimodal model reads (`vision.feature_layer`) also feed an auxiliary
-head that predicts, for every patch, whether an object has its center there and its colours, shapes and sizes,
-and the background from their mean: the frozen features then carry what, where and how many. The text tower
-uses SmolLM2's tokenizer (nothing is downloaded) over a compact vocabulary: the SmolLM2 ids that occur in the
-training captions, renumbered from 2 (0 ends a caption, 1 stands for any other id), which keeps the text
-tower's embedding small and its training fast. The result is saved in Hugging Face CLIP format: `vision/`
+Contrastive loss alone teaches a tower what sets captions apart, which is weak on counts and positions, so the
+patch features of the layer the multimodal model reads (`vision.feature_layer`) also feed auxiliary heads
+(train/clip_aux.py) that name each patch's object and count the objects: the frozen features then carry what,
+where and how many in a form a projector can read.
+
+The text tower uses SmolLM2's tokenizer (nothing is downloaded) over a compact vocabulary: the SmolLM2 ids that
+occur in the training captions, renumbered from 2 (0 ends a caption, 1 stands for any other id), which keeps
+the text tower's embedding small and its training fast. The result is saved in Hugging Face CLIP format: `vision/`
 (a CLIPVisionModel the model config's `vision.source` can point at) and `clip/` (both towers + vocab.json).
 """
 
@@ -23,14 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from transformers import CLIPConfig, CLIPModel, CLIPVisionModel
 
-from data_tools.synth.world import BACKGROUNDS, COLORS, SHAPES, SIZES
 from mllm.config import LLMConfig, ModelConfig, load_model_config
 from mllm.errors import MllmError
 from mllm.images import ImagePreprocessor
+from mllm.jsonl import read_jsonl
 from mllm.llm import load_tokenizer
+from train.clip_aux import BACKGROUND_INDEX, PATCH_GROUPS, ClipWithAux, cell_targets, count_targets
 from train.config import TrainConfig, save_train_config
 from train.engine import init_distributed, initialize
 from train.metrics import PLOT_FILE, MetricsLog, plot_loss, progress_bar
@@ -40,9 +41,6 @@ log = logging.getLogger(__name__)
 EOS_ID = 0  # ends (and pads) every caption; the text tower pools at its first position
 UNK_ID = 1
 VOCAB_FILE = "vocab.json"
-ATTRIBUTES = ["occupied", *COLORS, *SHAPES, *SIZES]  # per-patch labels, factorized so each is seen often
-ATTRIBUTE_INDEX = {a: i for i, a in enumerate(ATTRIBUTES)}
-BACKGROUND_INDEX = {b: i for i, b in enumerate(BACKGROUNDS)}
 
 
 class CompactVocab:
@@ -77,32 +75,9 @@ class ClipSample:
 
     image: torch.Tensor
     tokens: list[int]
-    cells: torch.Tensor  # [P, len(ATTRIBUTES)] multi-hot
+    cells: torch.Tensor  # [P, 1 + len(PATCH_GROUPS)]: occupied, then class per group (IGNORE if empty)
+    counts: torch.Tensor  # [len(COUNT_KEYS)] object counts
     background: int
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise MllmError(f"{path}:{number}: invalid JSON: {exc.msg}") from None
-    return rows
-
-
-def cell_targets(scene: dict[str, Any], grid: int) -> torch.Tensor:
-    """Per patch of the grid x grid: multi-hot of `occupied` and the colours, shapes and sizes of the objects
-    whose center falls in it."""
-    targets = torch.zeros(grid * grid, len(ATTRIBUTES))
-    size = scene["image_size"]
-    for obj in scene["objects"]:
-        x, y = obj["center"]
-        cell = min(grid - 1, y * grid // size) * grid + min(grid - 1, x * grid // size)
-        for label in ("occupied", obj["color"], obj["shape"], obj["size"]):
-            targets[cell, ATTRIBUTE_INDEX[label]] = 1.0
-    return targets
 
 
 def read_pairs(pairs: Path, limit: int | None = None) -> list[dict[str, Any]]:
@@ -135,52 +110,11 @@ def load_samples(
                 preprocess([image_folder / row["image"]])[0],
                 vocab.encode(row["caption"], max_length),
                 cell_targets(scene, grid),
+                count_targets(scene),
                 BACKGROUND_INDEX[scene["background"]],
             )
         )
     return samples
-
-
-class ClipWithAux(nn.Module):
-    """CLIPModel plus the auxiliary per-patch attribute head on layer `feature_layer`."""
-
-    def __init__(self, clip: CLIPModel, feature_layer: int) -> None:
-        super().__init__()
-        self.clip = clip
-        # DeepSpeed broadcasts parameters as bytes, which a 0-dim tensor cannot be viewed as: keep shape [1]
-        clip.logit_scale = nn.Parameter(clip.logit_scale.detach().reshape(1))
-        self.feature_layer = feature_layer
-        hidden = clip.config.vision_config.hidden_size
-        self.cell_head = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, len(ATTRIBUTES)))
-        self.background_head = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, len(BACKGROUNDS)))
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        pixel_values: torch.Tensor,
-        cells: torch.Tensor,
-        background: torch.Tensor,
-        aux_weight: float,
-    ) -> dict[str, torch.Tensor]:
-        out = self.clip(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            pixel_values=pixel_values,
-            return_loss=True,
-            output_hidden_states=True,
-        )
-        patches = out.vision_model_output.hidden_states[self.feature_layer][:, 1:]
-        cell_logits = self.cell_head(patches)
-        aux = nn.functional.binary_cross_entropy_with_logits(cell_logits, cells) * len(ATTRIBUTES)
-        aux = aux + nn.functional.cross_entropy(self.background_head(patches.mean(1)), background)
-        return {
-            "loss": out.loss + aux_weight * aux,
-            "contrastive": out.loss,
-            "aux": aux,
-            "logits": out.logits_per_image,
-            "cell_logits": cell_logits,
-        }
 
 
 def build_clip(model_config: ModelConfig, config: TrainConfig, vocab_size: int) -> CLIPModel:
@@ -222,6 +156,7 @@ def collate(samples: list[ClipSample]) -> dict[str, torch.Tensor]:
         "attention_mask": attention_mask,
         "pixel_values": torch.stack([s.image for s in samples]),
         "cells": torch.stack([s.cells for s in samples]),
+        "counts": torch.stack([s.counts for s in samples]),
         "background": torch.tensor([s.background for s in samples]),
     }
 
@@ -230,35 +165,38 @@ def collate(samples: list[ClipSample]) -> dict[str, torch.Tensor]:
 def evaluate_clip(
     model: ClipWithAux, samples: list[ClipSample], batch_size: int, aux_weight: float
 ) -> dict[str, float]:
-    """Image->text retrieval accuracy inside each batch; the auxiliary head's per-patch exact match and its
-    label accuracy per group (occupied, colour, shape, size)."""
+    """Image->text retrieval accuracy inside each batch; the per-patch heads' accuracy on the patches that hold
+    an object center (and the share of patches read exactly, empty ones included); count-head accuracy."""
     model.eval()
-    hits = total = cells_ok = cells_total = 0
+    hits = total = 0
     loss = 0.0
-    groups = {
-        "occupied": [0],
-        "color": [ATTRIBUTE_INDEX[c] for c in COLORS],
-        "shape": [ATTRIBUTE_INDEX[s] for s in SHAPES],
-        "size": [ATTRIBUTE_INDEX[z] for z in SIZES],
-    }
-    group_ok = dict.fromkeys(groups, 0.0)
+    right: dict[str, int] = dict.fromkeys(PATCH_GROUPS, 0)
+    occupied = exact = patches = counts_ok = counts_total = 0
     for start in range(0, len(samples) - batch_size + 1, batch_size):
         batch = collate(samples[start : start + batch_size])
         out = model(**batch, aux_weight=aux_weight)
         hits += int((out["logits"].argmax(1) == torch.arange(batch_size)).sum())
         total += batch_size
-        right = (out["cell_logits"] > 0) == (batch["cells"] > 0.5)
-        cells_ok += int(right.all(-1).sum())
-        for name, index in groups.items():
-            group_ok[name] += float(right[..., index].float().mean()) * batch_size
-        cells_total += batch["cells"].shape[0] * batch["cells"].shape[1]
+        cells = batch["cells"]
+        has_object = cells[..., 0] > 0
+        all_right = (out["occupied_logits"] > 0) == has_object
+        for g, (name, logits) in enumerate(out["patch_logits"].items(), 1):
+            ok = logits.argmax(-1) == cells[..., g]
+            right[name] += int((ok & has_object).sum())
+            all_right &= ok | ~has_object
+        occupied += int(has_object.sum())
+        exact += int(all_right.sum())
+        patches += all_right.numel()
+        counts_ok += int((out["count_logits"].argmax(-1) == batch["counts"]).sum())
+        counts_total += batch["counts"].numel()
         loss += float(out["loss"]) * batch_size
     model.train()
     return {
         "eval_loss": loss / max(total, 1),
         "retrieval_accuracy": hits / max(total, 1),
-        "cell_accuracy": cells_ok / max(cells_total, 1),
-        **{f"{name}_label_accuracy": value / max(total, 1) for name, value in group_ok.items()},
+        "cell_accuracy": exact / max(patches, 1),
+        **{f"{name}_accuracy": value / max(occupied, 1) for name, value in right.items()},
+        "count_accuracy": counts_ok / max(counts_total, 1),
     }
 
 

@@ -6,7 +6,6 @@ Both shard their work across the ranks and sum the counts, so every rank gets th
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from mllm.assistant import Assistant
 from mllm.batch import answer_batch
 from mllm.errors import MllmError
+from mllm.jsonl import read_jsonl
 from mllm.model import MultimodalModel
 from mllm.processor import IGNORE_INDEX
 from mllm.scoring import OVERALL, score_counts
@@ -85,25 +85,6 @@ class VQAItem:
     type: str
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise MllmError(f"{path}: file not found") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise MllmError(f"{path}:{number}: invalid JSON: {exc.msg}") from None
-        if not isinstance(row, dict):
-            raise MllmError(f"{path}:{number}: expected a JSON object")
-        rows.append(row)
-    return rows
-
-
 def load_vqa(
     questions: str | Path, answers: str | Path, image_folder: str | Path | None, limit: int | None = None
 ) -> list[VQAItem]:
@@ -112,13 +93,13 @@ def load_vqa(
     questions, answers = Path(questions), Path(answers)
     folder = Path(image_folder) if image_folder is not None else questions.parent / "images"
     gold: dict[str, dict[str, Any]] = {}
-    for number, row in enumerate(_read_jsonl(answers), 1):
+    for number, row in enumerate(read_jsonl(answers), 1):
         for key in ("question_id", "answer"):
             if key not in row:
                 raise MllmError(f"{answers}: row {number}: field {key} is missing")
         gold[str(row["question_id"])] = row
     items = []
-    for number, row in enumerate(_read_jsonl(questions), 1):
+    for number, row in enumerate(read_jsonl(questions), 1):
         for key in ("question_id", "image", "text"):
             if key not in row:
                 raise MllmError(f"{questions}: row {number}: field {key} is missing")
@@ -146,20 +127,40 @@ def vqa_answers(
     max_new_tokens: int = 10,
     merge_lora: bool = False,
 ) -> list[str]:
-    """Greedy answers to `items`; the model is left in the mode it was in. `merge_lora` lets the Assistant
-    merge LoRA into the LLM for faster decoding: only for a model that is not trained or saved afterwards
-    (merging replaces `model.llm`, so a training run would lose its adapters)."""
+    """Greedy answers to `items`; the model is left in the mode it was in and never modified. `merge_lora`
+    names a model whose LoRA is already merged (mllm's fast token loop); otherwise transformers' generate."""
     was_training = model.training
     try:
-        assistant = Assistant(model, fast=merge_lora)
-        return answer_batch(
-            assistant,
-            [([item.image], item.text) for item in items],
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-        )
+        return assistant_answers(Assistant(model, fast=merge_lora), items, batch_size, max_new_tokens)
     finally:
         model.train(was_training)
+
+
+def assistant_answers(
+    assistant: Assistant, items: Sequence[VQAItem], batch_size: int = 16, max_new_tokens: int = 10
+) -> list[str]:
+    """Greedy answers of a loaded Assistant (e.g. `mllm.load(..., precision=...)`) to `items`."""
+    return answer_batch(
+        assistant,
+        [([item.image], item.text) for item in items],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+    )
+
+
+def accuracy(
+    items: Sequence[VQAItem], answers: Sequence[str], rank: int = 0, world: int = 1
+) -> dict[str, float]:
+    """Normalized exact match overall and per type of this rank's `answers` to `items` (counts summed across
+    ranks; `items` is the full list, each rank answered items[rank::world])."""
+    mine = list(items[rank::world])
+    counts = score_counts(
+        {i.question_id: a for i, a in zip(mine, answers)}, {i.question_id: (i.answer, i.type) for i in mine}
+    )
+    types = sorted({i.type for i in items})
+    keys = [OVERALL, *types]
+    flat = all_sum([float(v) for key in keys for v in counts.get(key, (0, 0))])
+    return {key: flat[2 * k] / flat[2 * k + 1] if flat[2 * k + 1] else 0.0 for k, key in enumerate(keys)}
 
 
 def vqa_accuracy(
@@ -171,12 +172,5 @@ def vqa_accuracy(
     merge_lora: bool = False,
 ) -> dict[str, float]:
     """Accuracy overall and per type over `items` (sharded across ranks, counts summed)."""
-    mine = list(items[rank::world])
-    answers = vqa_answers(model, mine, batch_size, merge_lora=merge_lora)
-    counts = score_counts(
-        {i.question_id: a for i, a in zip(mine, answers)}, {i.question_id: (i.answer, i.type) for i in mine}
-    )
-    types = sorted({i.type for i in items})
-    keys = [OVERALL, *types]
-    flat = all_sum([float(v) for key in keys for v in counts.get(key, (0, 0))])
-    return {key: flat[2 * k] / flat[2 * k + 1] if flat[2 * k + 1] else 0.0 for k, key in enumerate(keys)}
+    answers = vqa_answers(model, list(items[rank::world]), batch_size, merge_lora=merge_lora)
+    return accuracy(items, answers, rank, world)

@@ -67,7 +67,6 @@ def run_stage(config: str, overrides: list[str], log_file: Path, output_dir: Pat
     """`python -m train CONFIG OVERRIDES` with its output in `log_file`; the run summary (summary.json)."""
     env = {
         **os.environ,
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
     }
@@ -81,26 +80,33 @@ def run_stage(config: str, overrides: list[str], log_file: Path, output_dir: Pat
 
 
 def evaluate_release(checkpoint: Path, data: Path, out: Path, batch_size: int = 16) -> dict[str, Any]:
-    """VQA accuracy per split and type, and the text-skills check against the base SmolLM2."""
-    from mllm.assistant import load_model
-    from train.evaluate import load_vqa, vqa_accuracy
+    """VQA accuracy per split and type on the default (fast, reduced-precision) inference path, the test split
+    also at fp32 (the reduced precision must keep its accuracy), and the text-skills check against the base
+    SmolLM2."""
+    from mllm.assistant import load
+    from train.evaluate import accuracy, assistant_answers, load_vqa
     from train.text_skills import check
 
-    model = load_model(str(checkpoint))
     results: dict[str, Any] = {}
-    for split in ("test", "compositional", "paraphrase"):
-        items = load_vqa(data / split / "vqa_questions.jsonl", data / split / "vqa_answers.jsonl", None)
-        started = time.perf_counter()
-        results[split] = vqa_accuracy(model, items, batch_size=batch_size, merge_lora=True)
-        results[split]["questions"] = len(items)
-        log.info(
-            "VQA %s (%d questions, %.0f s): %s",
-            split,
-            len(items),
-            time.perf_counter() - started,
-            json.dumps(results[split]),
-        )
-    del model
+    runs = [("auto", split) for split in ("test", "compositional", "paraphrase")] + [("fp32", "test")]
+    for precision in ("auto", "fp32"):
+        assistant = load(str(checkpoint), precision=precision)
+        for split in [s for p, s in runs if p == precision]:
+            items = load_vqa(data / split / "vqa_questions.jsonl", data / split / "vqa_answers.jsonl", None)
+            started = time.perf_counter()
+            scores: dict[str, Any] = accuracy(items, assistant_answers(assistant, items, batch_size))
+            scores["questions"] = len(items)
+            scores["precision"] = assistant.model.inference_precision
+            key = split if precision == "auto" else f"{split}_fp32"
+            results[key] = scores
+            log.info(
+                "VQA %s (%d questions, %.0f s): %s",
+                key,
+                len(items),
+                time.perf_counter() - started,
+                json.dumps(scores),
+            )
+        del assistant
     skills = check(str(checkpoint), str(REPO / "configs" / "model" / "smollm2.yaml"))
     (out / "text_skills.json").write_text(json.dumps(skills, indent=2) + "\n")
     results["text_skills"] = {k: skills[k] for k in ("questions", "base_correct", "kept")}
@@ -130,10 +136,15 @@ STAGES = ("data", "clip", "align", "instruct", "eval")
 
 
 def release(
-    out: Path, do_install: bool, scale: float, extra: dict[str, list[str]], start_at: str = "data"
+    out: Path,
+    do_install: bool,
+    scale: float,
+    extra: dict[str, list[str]],
+    start_at: str = "data",
+    stop_after: str = "eval",
 ) -> dict[str, Any]:
-    """Run every stage from `start_at` on (earlier ones are kept from OUT/release.json); the timings and
-    results (also written to OUT/release.json)."""
+    """Run the stages from `start_at` to `stop_after` (earlier ones are kept from OUT/release.json); the timings
+    and results (also written to OUT/release.json)."""
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data"
     previous: dict[str, Any] = {}
@@ -154,7 +165,7 @@ def release(
         report["started_at_stage"] = start_at
 
     def todo(name: str) -> bool:
-        return STAGES.index(name) >= STAGES.index(start_at)
+        return STAGES.index(start_at) <= STAGES.index(name) <= STAGES.index(stop_after)
 
     def timed(name: str, fn: Any) -> Any:
         started = time.perf_counter()
@@ -222,7 +233,7 @@ def release(
     final = out / "instruct" / "final"
     if todo("eval"):
         report["eval"] = timed("eval", lambda: evaluate_release(final, data, out))
-    if do_install:
+    if do_install and stop_after == STAGES[-1]:
         report["asset_mb"] = round(install(final), 2)
         log.info("installed %s into %s (%.1f MB)", final, ASSET, report["asset_mb"])
     report["total_s"] = round(sum(timings.values()), 1)  # stages kept from an earlier run count as they took
@@ -245,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         default="data",
         help="skip the stages before this one, reusing their outputs in --out",
     )
+    parser.add_argument("--stop-after", choices=STAGES, default=STAGES[-1], help="the last stage to run")
     for stage in ("clip", "align", "instruct"):
         parser.add_argument(
             f"--{stage}", nargs="*", default=[], metavar="KEY=VALUE", help=f"overrides for the {stage} stage"
@@ -260,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             args.scale,
             {"clip": args.clip, "align": args.align, "instruct": args.instruct},
             args.start_at,
+            args.stop_after,
         )
     except MllmError as exc:
         print(f"release: error: {exc}", file=sys.stderr)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mllm.assistant import Assistant, load_model
+from mllm.assistant import Assistant, load
 
 QUESTIONS_FILE = Path(__file__).with_name("text_skills.json")
 
@@ -46,14 +46,17 @@ def ask_all(assistant: Assistant, questions: list[dict[str, Any]], max_new_token
     return results
 
 
-def check(model_spec: str, base_spec: str | None, path: Path = QUESTIONS_FILE) -> dict[str, Any]:
-    """Ask every question of the model (and the base); counts and the per-question answers."""
+def check(
+    model_spec: str, base_spec: str | None, path: Path = QUESTIONS_FILE, precision: str = "auto"
+) -> dict[str, Any]:
+    """Ask every question of the model (and the base) as `mllm.load` serves them (at `precision`); counts and
+    the per-question answers."""
     questions, max_new_tokens = load_questions(path)
     report: dict[str, Any] = {"questions": len(questions)}
     for name, spec in (("base", base_spec), ("model", model_spec)):
         if spec is None:
             continue
-        results = ask_all(Assistant(load_model(spec)), questions, max_new_tokens)
+        results = ask_all(load(spec, precision=precision), questions, max_new_tokens)
         report[name] = {
             "spec": spec,
             "correct": sum(r.correct for r in results),

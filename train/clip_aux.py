@@ -1,0 +1,111 @@
+"""The auxiliary objective of stage `clip`: per-patch and per-image targets from a shapes-world scene, and
+`ClipWithAux`, the CLIPModel whose feature-layer patches also feed the heads that predict them.
+
+Every patch says whether an object's center lies in it and, if so, names that object's colour, shape and size
+(the shapes world keeps centers at least one patch apart at 16 px patches, so a patch is a slot for at most one
+object; the attribute losses average over occupied patches only, so empty ones do not dilute them); the mean
+patch feature gives the background and the counts (all objects, per colour, per shape).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import CLIPModel
+
+from data_tools.synth.world import BACKGROUNDS, COLORS, MAX_OBJECTS, SHAPES, SIZES
+
+IGNORE = -100  # attribute target of a patch without an object center (cross_entropy's ignore_index)
+# Per-patch labels of the object centered there, one categorical group per attribute (factorized, so a held-out
+# colour-shape pair is still two familiar labels).
+PATCH_GROUPS: dict[str, tuple[str, ...]] = {"color": tuple(COLORS), "shape": SHAPES, "size": SIZES}
+# Per-image counts predicted from the mean patch feature: all objects, each colour, each shape.
+COUNT_KEYS: tuple[str, ...] = ("all", *COLORS, *SHAPES)
+MAX_COUNT = MAX_OBJECTS
+BACKGROUND_INDEX = {b: i for i, b in enumerate(BACKGROUNDS)}
+
+
+def cell_targets(scene: dict[str, Any], grid: int) -> torch.Tensor:
+    """Per patch of the grid x grid: [occupied, colour, shape, size], where occupied is 1 when an object's
+    center falls in the patch and the attributes are that object's class indices (IGNORE where none is; when
+    two centers share a patch, the later object wins)."""
+    targets = torch.full((grid * grid, 1 + len(PATCH_GROUPS)), IGNORE, dtype=torch.long)
+    targets[:, 0] = 0
+    size = scene["image_size"]
+    for obj in scene["objects"]:
+        x, y = obj["center"]
+        cell = min(grid - 1, y * grid // size) * grid + min(grid - 1, x * grid // size)
+        targets[cell, 0] = 1
+        for g, (group, labels) in enumerate(PATCH_GROUPS.items(), 1):
+            targets[cell, g] = labels.index(obj[group])
+    return targets
+
+
+def count_targets(scene: dict[str, Any]) -> torch.Tensor:
+    """How many objects the scene has in all, of each colour and of each shape (COUNT_KEYS order)."""
+    objects = scene["objects"]
+    counts = [len(objects)]
+    counts += [sum(o["color"] == c for o in objects) for c in COLORS]
+    counts += [sum(o["shape"] == s for o in objects) for s in SHAPES]
+    return torch.tensor([min(c, MAX_COUNT) for c in counts], dtype=torch.long)
+
+
+class ClipWithAux(nn.Module):
+    """CLIPModel plus the auxiliary heads on layer `feature_layer`: per-patch attributes, and background and
+    counts from the mean patch feature."""
+
+    def __init__(self, clip: CLIPModel, feature_layer: int) -> None:
+        super().__init__()
+        self.clip = clip
+        # DeepSpeed broadcasts parameters as bytes, which a 0-dim tensor cannot be viewed as: keep shape [1]
+        clip.logit_scale = nn.Parameter(clip.logit_scale.detach().reshape(1))
+        self.feature_layer = feature_layer
+        hidden = clip.config.vision_config.hidden_size
+        groups = {"occupied": 1, **{name: len(labels) for name, labels in PATCH_GROUPS.items()}}
+        self.patch_heads = nn.ModuleDict(
+            {name: nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, n)) for name, n in groups.items()}
+        )
+        self.background_head = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, len(BACKGROUNDS)))
+        self.count_head = nn.Sequential(
+            nn.LayerNorm(hidden), nn.Linear(hidden, len(COUNT_KEYS) * (MAX_COUNT + 1))
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        cells: torch.Tensor,
+        counts: torch.Tensor,
+        background: torch.Tensor,
+        aux_weight: float,
+    ) -> dict[str, torch.Tensor]:
+        out = self.clip(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pixel_values=pixel_values,
+            return_loss=True,
+            output_hidden_states=True,
+        )
+        patches = out.vision_model_output.hidden_states[self.feature_layer][:, 1:]
+        pooled = patches.mean(1)
+        cross_entropy = nn.functional.cross_entropy
+        patch_logits = {name: head(patches) for name, head in self.patch_heads.items()}
+        occupied = patch_logits.pop("occupied").squeeze(-1)
+        aux = nn.functional.binary_cross_entropy_with_logits(occupied, cells[..., 0].float())
+        for g, logits in enumerate(patch_logits.values(), 1):
+            aux = aux + cross_entropy(logits.flatten(0, 1), cells[..., g].flatten(), ignore_index=IGNORE)
+        count_logits = self.count_head(pooled).view(-1, len(COUNT_KEYS), MAX_COUNT + 1)
+        aux = aux + cross_entropy(count_logits.flatten(0, 1), counts.flatten())
+        aux = aux + cross_entropy(self.background_head(pooled), background)
+        return {
+            "loss": out.loss + aux_weight * aux,
+            "contrastive": out.loss,
+            "aux": aux,
+            "logits": out.logits_per_image,
+            "occupied_logits": occupied,
+            "patch_logits": patch_logits,
+            "count_logits": count_logits,
+        }
