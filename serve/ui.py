@@ -168,7 +168,7 @@ class ChatUI:
                 )
                 max_new = gr.Slider(
                     1,
-                    2048,
+                    self.assistant.context_length,  # the reply can use whatever the prompt leaves free
                     value=s.max_new_tokens,
                     step=1,
                     label="max new tokens",

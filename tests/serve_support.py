@@ -20,14 +20,25 @@ ARTIFACTS = ROOT / "test-artifacts"
 COLORS = {"red": (230, 0, 0), "green": (0, 170, 0), "blue": (0, 70, 255)}
 
 
-def lively_assistant(seed: int = 0, scale: float = 0.3) -> Assistant:
-    """The tiny model with its LLM and projector weights redrawn at `scale`, so greedy outputs differ."""
-    assistant = mllm.load(str(TINY_CONFIG))
+def lively_assistant(
+    seed: int = 0, scale: float = 0.3, precision: str = "fp32", context: int | None = None
+) -> Assistant:
+    """The tiny model with its LLM and projector weights redrawn at `scale`, so greedy outputs differ, then
+    brought to inference `precision` (mllm.quantize). `context` replaces the LLM's context length (positions)."""
+    from mllm.config import load_model_config
+    from mllm.quantize import apply_precision
+
+    overrides = {}
+    if context is not None:
+        init_config = dict(load_model_config(TINY_CONFIG).llm.init_config or {})
+        overrides["init_config"] = {**init_config, "max_position_embeddings": context}
+    assistant = mllm.load(str(TINY_CONFIG), precision="fp32", **overrides)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in (assistant.model.llm, assistant.model.projector):
             for param in module.parameters():
                 param.copy_(torch.randn(param.shape, generator=generator) * scale)
+    apply_precision(assistant.model, precision)
     return assistant
 
 

@@ -34,6 +34,7 @@ BROWSER_ARGS = [
 ]
 BOT = "#mllm-chat [data-testid=bot]"
 USER = "#mllm-chat [data-testid=user]"
+LONG_CONTEXT = 16384
 
 
 def generating() -> bool:
@@ -44,7 +45,9 @@ def generating() -> bool:
 @pytest.fixture(scope="module")
 def ui_url() -> Iterator[str]:
     port = free_port()
-    ui = ChatUI(lively_assistant(), UISettings(port=port, concurrency=2, max_new_tokens=160, temperature=0.0))
+    # a long context, so the reply that is stopped mid-way runs for seconds (16k tokens) even on a fast machine
+    assistant = lively_assistant(context=LONG_CONTEXT)
+    ui = ChatUI(assistant, UISettings(port=port, concurrency=2, max_new_tokens=160, temperature=0.0))
     ui.launch(block=False)
     yield f"http://127.0.0.1:{port}/"
     ui.close()
@@ -126,7 +129,7 @@ def test_chat_in_browser(ui_url: str, browser: object, tmp_path: Path) -> None:
 
     # a follow-up that asks for a long reply, stopped mid-way: generation ends on the server
     page.click("text=Sampling")  # type: ignore[attr-defined]
-    page.fill("#mllm-max-new input[type=number]", "1500")  # type: ignore[attr-defined]
+    page.fill("#mllm-max-new input[type=number]", str(LONG_CONTEXT - 200))  # type: ignore[attr-defined]
     page.keyboard.press("Tab")  # type: ignore[attr-defined]
     page.fill("#mllm-input textarea", "Tell me a very long story.")  # type: ignore[attr-defined]
     page.keyboard.press("Enter")  # type: ignore[attr-defined]
