@@ -60,15 +60,15 @@ class Images:
 
 def run(spec: str, new_tokens: int = 128, repeats: int = 3) -> list[dict[str, Any]]:
     import mllm
-    from mllm.assistant import load_model
+    from mllm.assistant import load_model, merge_for_inference
     from mllm.decoding import decode_tokens
-    from serve.export import build_llava, merge_lora
+    from serve.export import build_llava
 
     images = Images()
     messages = [{"role": "user", "content": QUESTION}]
     fast = mllm.load(spec)  # the default path: LoRA merged, lean token loop, precision auto
     exact = mllm.load(spec, precision="fp32")  # the same loop at fp32: greedy output equal to generate
-    reference, processor = build_llava(merge_lora(load_model(spec)))
+    reference, processor = build_llava(merge_for_inference(load_model(spec)))
     reference.eval()
     prompt = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}],

@@ -198,11 +198,13 @@ def _finish_reason(pieces: Iterator[str], stats: GenerationStats, max_new_tokens
     stats.finish_reason = "length" if stats.completion_tokens >= max_new_tokens else "stop"
 
 
-def merge_for_inference(model: MultimodalModel) -> MultimodalModel:
+def merge_for_inference(model: MultimodalModel, quantized_too: bool = False) -> MultimodalModel:
     """Merge LoRA adapters into the LLM weights (faster decoding; the adapters are gone afterwards, so only
-    for a model that is not trained or saved again). Quantized LLMs keep their adapters."""
+    for a model that is not trained or saved again; no-op without LoRA). A 4/8-bit LLM keeps its adapters
+    unless `quantized_too` (peft then merges into the quantized weights, as an export wants)."""
     quantized = model.config.llm.load_in_4bit or model.config.llm.load_in_8bit
-    if isinstance(model.llm, PeftModel) and not quantized:
+    if isinstance(model.llm, PeftModel) and (quantized_too or not quantized):
+        log.info("merging LoRA adapters into the LLM")
         model.llm = model.llm.merge_and_unload()
     return model
 
@@ -217,8 +219,8 @@ def load(
 ) -> Assistant:
     """Load an Assistant: `default` (the shipped assistant), a checkpoint folder, or a model config YAML.
     `fast` picks the merged-LoRA token loop (default) over transformers' generate, at inference `precision`
-    (mllm.quantize: `auto` is fp16 weights on CPUs with the kernels for it, `fp32` keeps the weights); `fast=False` is the
-    plain fp32 path."""
+    (mllm.quantize: `auto` is fp16 weights on CPUs with the kernels for it, `fp32` keeps the weights);
+    `fast=False` is the plain fp32 path."""
     if load_in_4bit:
         llm_overrides["load_in_4bit"] = True
     if load_in_8bit:

@@ -33,7 +33,7 @@ import torch
 from peft import PeftModel
 from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaImageProcessorPil, LlavaProcessor
 
-from mllm.assistant import load_model, resolve_model
+from mllm.assistant import load_model, merge_for_inference, resolve_model
 from mllm.checkpoint import read_meta, save_checkpoint
 from mllm.errors import MllmError
 from mllm.model import MultimodalModel
@@ -41,14 +41,6 @@ from mllm.projectors import LinearProjector, MLPProjector
 
 log = logging.getLogger(__name__)
 FORMATS = ("hf-llava", "merged")
-
-
-def merge_lora(model: MultimodalModel) -> MultimodalModel:
-    """Fold LoRA adapters into the LLM's weights (no-op without LoRA)."""
-    if isinstance(model.llm, PeftModel):
-        log.info("merging LoRA adapters into the LLM")
-        model.llm = model.llm.merge_and_unload()
-    return model
 
 
 def processor_chat_template(tokenizer_template: str, image_token: str, system_prompt: str | None) -> str:
@@ -97,7 +89,7 @@ def build_llava(model: MultimodalModel) -> tuple[LlavaForConditionalGeneration, 
             "linear and mlp2x_gelu (use --format merged)"
         )
     if isinstance(model.llm, PeftModel):
-        raise ValueError("merge the LoRA adapters first (merge_lora)")
+        raise ValueError("merge the LoRA adapters first (mllm.assistant.merge_for_inference)")
     tokenizer = model.tokenizer
     llm = model.llm
     image_token_id = model.image_token_id
@@ -189,7 +181,7 @@ def export(spec: str, fmt: str, out: Path, overwrite: bool = False) -> Path:
     _prepare_out(out, overwrite)
     source = resolve_model(spec)
     meta = read_meta(source) if source.is_dir() else {}
-    model = merge_lora(load_model(spec)).eval()
+    model = merge_for_inference(load_model(spec), quantized_too=True).eval()
     if fmt == "merged":
         save_checkpoint(
             model,
