@@ -175,60 +175,41 @@ def release(
         (out / "release.json").write_text(json.dumps(report, indent=2) + "\n")
         return result
 
+    def train_stage(name: str, overrides: list[str]) -> None:
+        """`mllm train configs/train/NAME.yaml` into OUT/NAME with these overrides and the caller's extras."""
+        overrides = [f"output_dir={out / name}", *overrides, *extra.get(name, [])]
+        config = f"configs/train/{name}.yaml"
+        report["stages"][name] = timed(
+            name, lambda: run_stage(config, overrides, out / f"{name}.log", out / name)
+        )
+
     if todo("data"):
         timed("data", lambda: synth_data(data, 96, scale))
     train, test = data / "train", data / "test"
+    images = [f"data.image_folder={train / 'images'}", f"data.eval_image_folder={test / 'images'}"]
     if todo("clip"):
-        report["stages"]["clip"] = timed(
-            "clip",
-            lambda: run_stage(
-                "configs/train/clip.yaml",
-                [
-                    f"output_dir={out / 'clip'}",
-                    f"data.train={train / 'pairs.jsonl'}",
-                    f"data.eval={test / 'pairs.jsonl'}",
-                    *extra.get("clip", []),
-                ],
-                out / "clip.log",
-                out / "clip",
-            ),
-        )
-    common = [f"data.image_folder={train / 'images'}", f"data.eval_image_folder={test / 'images'}"]
+        train_stage("clip", [f"data.train={train / 'pairs.jsonl'}", f"data.eval={test / 'pairs.jsonl'}"])
     if todo("align"):
-        report["stages"]["align"] = timed(
+        train_stage(
             "align",
-            lambda: run_stage(
-                "configs/train/align.yaml",
-                [
-                    f"output_dir={out / 'align'}",
-                    f"vision_source={out / 'clip' / 'vision'}",
-                    f"data.train={train / 'align.json'}",
-                    f"data.eval={test / 'align.json'}",
-                    *common,
-                    *extra.get("align", []),
-                ],
-                out / "align.log",
-                out / "align",
-            ),
+            [
+                f"vision_source={out / 'clip' / 'vision'}",
+                f"data.train={train / 'align.json'}",
+                f"data.eval={test / 'align.json'}",
+                *images,
+            ],
         )
     if todo("instruct"):
-        report["stages"]["instruct"] = timed(
+        train_stage(
             "instruct",
-            lambda: run_stage(
-                "configs/train/instruct.yaml",
-                [
-                    f"output_dir={out / 'instruct'}",
-                    f"init_from={out / 'align' / 'final'}",
-                    f"data.train={train / 'instruct.json'}",
-                    f"data.eval={test / 'instruct.json'}",
-                    *common,
-                    f"data.vqa_questions={test / 'vqa_questions.jsonl'}",
-                    f"data.vqa_answers={test / 'vqa_answers.jsonl'}",
-                    *extra.get("instruct", []),
-                ],
-                out / "instruct.log",
-                out / "instruct",
-            ),
+            [
+                f"init_from={out / 'align' / 'final'}",
+                f"data.train={train / 'instruct.json'}",
+                f"data.eval={test / 'instruct.json'}",
+                *images,
+                f"data.vqa_questions={test / 'vqa_questions.jsonl'}",
+                f"data.vqa_answers={test / 'vqa_answers.jsonl'}",
+            ],
         )
     final = out / "instruct" / "final"
     if todo("eval"):
