@@ -82,6 +82,7 @@ def test_align_writes_checkpoints_metrics_and_plot(align_run: tuple[Path, str]) 
     assert all(r["tokens_per_s"] > 0 and r["lr"] > 0 for r in train_rows)
     evals = [r for r in rows if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [2, 4] and "vqa_accuracy" in evals[-1] and "eval_loss" in evals[-1]
+    assert evals[-1]["vqa_dtype"] == "float32"
     meta = read_meta(run / "final")
     assert meta["stage"] == "align" and meta["step"] == 4 and not meta["config"]["lora"]["enabled"]
     assert (run / "final" / "train_config.yaml").is_file()

@@ -223,6 +223,9 @@ class Trainer:
                 scores = vqa_accuracy(self.model, self.vqa, self.rank, self.world)
                 row["vqa_accuracy"] = scores["overall"]
                 row["vqa"] = scores
+                # answered by the training model as it is: in a bf16 run greedy answers come out in bf16 and
+                # score lower than the saved checkpoint does at inference precision
+                row["vqa_dtype"] = str(next(self.model.parameters()).dtype).removeprefix("torch.")
         finally:
             self.model.train()
         return row
