@@ -64,9 +64,21 @@ def _dynamic(model: MultimodalModel, dtype: torch.dtype) -> MultimodalModel:
     if any(module_name.endswith("lora_A") for module_name, _ in model.llm.named_modules()):
         raise MllmError(f"precision {name} needs the LoRA adapters merged first (merge_for_inference)")
     qconfig = float16_dynamic_qconfig if dtype == torch.float16 else per_channel_dynamic_qconfig
-    model.llm = quantize_dynamic(model.llm, {nn.Linear: qconfig}, dtype=dtype)
+    # in place: the default deep-copies the whole LLM first, holding fp32 weights twice while it converts
+    model.llm = quantize_dynamic(model.llm, {nn.Linear: qconfig}, dtype=dtype, inplace=True)
+    _own_memory(model.llm)
     log.info("LLM linear layers at %s (dynamic quantization, fp32 activations in, fp32 out)", name)
     return model
+
+
+def _own_memory(module: nn.Module) -> None:
+    """Copy the parameters that stay fp32 (embedding, norms) into memory of their own. Weights loaded from
+    safetensors live in one memory map of the file, which stays mapped, with every page the LoRA merge wrote,
+    while any tensor in it is alive: without the copies the replaced fp32 weights would stay resident (about
+    400 MB for SmolLM2-135M)."""
+    with torch.no_grad():
+        for param in module.parameters():
+            param.data = param.data.clone()
 
 
 @PRECISIONS.register("fp16")
