@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -165,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.peak is not None:
         with tempfile.TemporaryDirectory() as tmp:
             steps = Steps(args.quick, Path(tmp), args.batch_size)
-            load_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            load_peak = _status_mb("VmHWM")  # not ru_maxrss: a child started by fork keeps its parent's
             before = _status_mb("VmRSS")
             # reset the high-water mark, so what follows is the steps' own peak, not the model loading's
             Path("/proc/self/clear_refs").write_text("5")
