@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.bench_decode import shapes_image
+from bench.common import status_mb
 
 
 def _free_port() -> int:
@@ -23,16 +24,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _status_mb(pid: int, field: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise KeyError(field)
-
-
 def _tree_rss_mb(pid: int) -> float:
     """RSS of the process and its children (Gradio may start helpers)."""
-    total = _status_mb(pid, "VmRSS")
+    total = status_mb("VmRSS", pid)
     children = Path(f"/proc/{pid}/task/{pid}/children")
     for child in children.read_text().split() if children.is_file() else []:
         total += _tree_rss_mb(int(child))
@@ -74,7 +68,7 @@ def run(spec: str, questions: int = 4) -> list[dict[str, Any]]:
                 time.sleep(1)
         time.sleep(3)
         idle = _tree_rss_mb(server.pid)
-        load_peak = _status_mb(server.pid, "VmHWM")
+        load_peak = status_mb("VmHWM", server.pid)
         Path(f"/proc/{server.pid}/clear_refs").write_text("5")  # reset VmHWM to the current RSS
         image = Path(os.environ.get("TMPDIR", "/tmp")) / "mllm-bench-memory.png"
         shapes_image().save(image)
@@ -82,7 +76,7 @@ def run(spec: str, questions: int = 4) -> list[dict[str, Any]]:
         api = next(iter(client.view_api(print_info=False, return_format="dict")["named_endpoints"]))
         for _ in range(questions):
             client.predict({"text": "Describe the image.", "files": [handle_file(str(image))]}, api_name=api)
-        peak = _status_mb(server.pid, "VmHWM")
+        peak = status_mb("VmHWM", server.pid)
         after = _tree_rss_mb(server.pid)
     finally:
         server.send_signal(signal.SIGINT)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from bench.common import alternate
+from bench.common import alternate, status_mb
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = {
@@ -85,14 +85,6 @@ class Steps:
             input_ids=self.text_ids, attention_mask=self.batch["attention_mask"], labels=self.batch["labels"]
         )
         self._update(out.loss)
-
-
-def _status_mb(field: str) -> float:
-    """A memory field of /proc/self/status (VmRSS, VmHWM) in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise KeyError(field)
 
 
 def peak_memory(kind: str, quick: bool, batch_size: int) -> dict[str, float]:
@@ -164,13 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.peak is not None:
         with tempfile.TemporaryDirectory() as tmp:
             steps = Steps(args.quick, Path(tmp), args.batch_size)
-            load_peak = _status_mb("VmHWM")  # not ru_maxrss: a child started by fork keeps its parent's
-            before = _status_mb("VmRSS")
+            load_peak = status_mb("VmHWM")  # not ru_maxrss: a child started by fork keeps its parent's
+            before = status_mb("VmRSS")
             # reset the high-water mark, so what follows is the steps' own peak, not the model loading's
             Path("/proc/self/clear_refs").write_text("5")
             for _ in range(2):
                 getattr(steps, args.peak)()
-            peak = _status_mb("VmHWM")
+            peak = status_mb("VmHWM")
         print(json.dumps({"load_peak_mb": load_peak, "peak_mb": peak, "added_mb": peak - before}))
         return 0
     for section in run(args.quick, args.batch_size):

@@ -18,6 +18,14 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 
 
+def status_mb(field: str, pid: int | str = "self") -> float:
+    """A memory field of /proc/PID/status (VmRSS, VmHWM) in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
 @dataclass
 class Comparison:
     """Median seconds of a candidate and a reference, measured alternately."""

@@ -88,10 +88,10 @@ def evaluate_release(checkpoint: Path, data: Path, out: Path, batch_size: int = 
     from train.text_skills import check
 
     results: dict[str, Any] = {}
-    runs = [("auto", split) for split in ("test", "compositional", "paraphrase")] + [("fp32", "test")]
-    for precision in ("auto", "fp32"):
+    splits = {"auto": ("test", "compositional", "paraphrase"), "fp32": ("test",)}
+    for precision, names in splits.items():
         assistant = load(str(checkpoint), precision=precision)
-        for split in [s for p, s in runs if p == precision]:
+        for split in names:
             items = load_vqa(data / split / "vqa_questions.jsonl", data / split / "vqa_answers.jsonl", None)
             started = time.perf_counter()
             scores: dict[str, Any] = accuracy(items, assistant_answers(assistant, items, batch_size))
