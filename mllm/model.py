@@ -126,12 +126,26 @@ class MultimodalModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        logits_at: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
-        """LLM forward on the merged embeddings; returns the loss when `labels` are given."""
+        """LLM forward on the merged embeddings; returns the loss when `labels` are given.
+
+        With `logits_at` (a bool mask [B, T]), only the positions it marks go through the LM head and the logits
+        come back flattened, [n_marked, vocab] in row-major order: training needs logits only where the next
+        token is supervised, and the LM head over every position of a batch would cost more than the rest."""
         inputs_embeds = self.embed(input_ids, pixel_values)
         if attention_mask is not None:
             attention_mask = attention_mask.to(self.device)
+        if logits_at is not None:
+            if labels is not None:
+                raise ValueError("pass either labels or logits_at, not both")
+            decoder = self.llm.get_decoder()
+            hidden = decoder(
+                inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs
+            ).last_hidden_state
+            logits = self.llm.get_output_embeddings()(hidden[logits_at.to(hidden.device)])
+            return CausalLMOutputWithPast(logits=logits)
         if labels is not None:
             labels = labels.to(self.device)
         return self.llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)

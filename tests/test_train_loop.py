@@ -163,3 +163,44 @@ def test_refuses_to_start_when_nothing_trains(data: Path, tmp_path: Path) -> Non
     assert result.returncode == 1
     assert "nothing is trainable" in result.stderr
     assert "projector  frozen" in result.stderr
+
+
+def test_supervised_loss_equals_transformers_loss_with_per_row_logits(data: Path) -> None:
+    """The training loss computes logits only at supervised positions, row by row; it must equal
+    transformers' own causal-LM loss over the full logits, and come with the right token count."""
+    from mllm.config import load_model_config
+    from mllm.model import MultimodalModel
+    from train.data import Collator, SkipCounter, encode_records, read_records
+    from train.evaluate import supervised_loss
+
+    torch.manual_seed(0)
+    model = MultimodalModel.build(load_model_config("configs/model/tiny-test.yaml"), with_lora=True)
+    records = read_records(data / "instruct.json", data / "images", True, 0.0)
+    examples = encode_records(records, model.processor, data / "images", SkipCounter())[:4]
+    assert len({len(e) for e in examples}) > 1  # rows of different lengths: padding is exercised
+    batch = Collator(model.tokenizer.pad_token_id, model.vision, SkipCounter())(examples)
+    loss, count = supervised_loss(model, batch)
+    reference = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        pixel_values=batch["pixel_values"],
+        labels=batch["labels"],
+    ).loss
+    assert count == int((batch["labels"][:, 1:] != -100).sum())
+    torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_attn_implementation_is_applied_and_a_bad_name_is_refused(data: Path, tmp_path: Path) -> None:
+    from mllm.errors import MllmError
+    from train.config import load_train_config
+    from train.stages import build_stage_model
+
+    config = load_train_config(
+        write_config(tmp_path / "a.yaml", data, tmp_path / "run"), ["attn_implementation=eager"]
+    )
+    assert build_stage_model(config).llm.config._attn_implementation == "eager"
+    bad = load_train_config(
+        write_config(tmp_path / "b.yaml", data, tmp_path / "run"), ["attn_implementation=fast"]
+    )
+    with pytest.raises(MllmError, match="attn_implementation"):
+        build_stage_model(bad)

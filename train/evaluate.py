@@ -29,25 +29,20 @@ ForwardFn = Callable[..., Any]
 
 def supervised_loss(forward: ForwardFn, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
     """(mean next-token loss over supervised tokens, their count). Logits are computed only at the positions
-    whose next token is supervised (transformers' `logits_to_keep`), which skips most of the LM head."""
+    whose next token is supervised, row by row (`logits_at`), which skips almost all of the LM head."""
     labels: torch.Tensor = batch["labels"]
     shifted = labels[:, 1:]
-    keep = (shifted != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
+    supervised = shifted != IGNORE_INDEX
+    at = torch.cat([supervised, supervised.new_zeros(supervised.shape[0], 1)], dim=1)
     out = forward(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
         pixel_values=batch["pixel_values"],
-        logits_to_keep=keep,
+        logits_at=at,
     )
-    logits = out.logits
-    target = shifted[:, keep].to(logits.device)
-    count = int((target != IGNORE_INDEX).sum())
-    loss = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]),
-        target.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
+    target = shifted[supervised].to(out.logits.device)
+    count = int(target.numel())
+    loss = F.cross_entropy(out.logits.float(), target, reduction="sum")
     return loss / max(count, 1), count
 
 

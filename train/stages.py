@@ -60,6 +60,11 @@ def build_stage_model(config: TrainConfig, source: str | None = None) -> Multimo
     model.set_trainable(
         projector=config.train_projector, lora=config.llm in LORA_MODES, llm=config.llm == "full"
     )
+    if config.attn_implementation is not None:
+        try:
+            model.llm.set_attn_implementation(config.attn_implementation)
+        except ValueError as exc:
+            raise MllmError(f"field attn_implementation: {exc}") from None
     if config.gradient_checkpointing:
         model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.llm.config.use_cache = False
