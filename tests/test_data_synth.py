@@ -237,6 +237,18 @@ def test_outputs_validate_and_have_the_documented_shape(train: Path) -> None:
     assert meta["split"] == "train" and meta["seed"] == 3 and len(meta["held_out_pairs"]) == 5
 
 
+def test_align_captions_name_every_object_with_its_position(train: Path) -> None:
+    """Stage-1 captions say where each object is, so the projector learns to hand position to the LLM."""
+    scenes = {s["image"]: s for s in _jsonl(train / "scenes.jsonl")}
+    for record in json.loads((train / "align.json").read_text()):
+        scene = scenes[record["image"]]
+        text = record["conversations"][1]["value"]
+        for obj in scene["objects"]:
+            thing = f"{obj['size']} {obj['color']} {obj['shape']}"
+            assert re.search(rf"{thing} (at|on|in) the {obj['position']}(,| and | on a )", text), (thing, text)
+        assert text.endswith(f"on a {scene['background']} background.")
+
+
 def test_exist_answers_are_about_half_no(train: Path) -> None:
     answers = [a["answer"] for a in _jsonl(train / "vqa_answers.jsonl") if a["type"] == "exist"]
     records = json.loads((train / "instruct.json").read_text())

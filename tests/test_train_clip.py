@@ -38,6 +38,20 @@ def test_aux_targets_name_the_object_of_each_patch_and_the_counts() -> None:
     assert counts["all"] == 3 and counts["red"] == 2 and counts["circle"] == 2 and counts["green"] == 0
 
 
+def test_region_targets_match_the_world_position_of_a_center_in_the_patch() -> None:
+    """Each patch's region target is the shapes world's own position name for a center in that patch."""
+    from data_tools.synth.world import position_of
+    from train.clip_aux import REGIONS, region_targets
+
+    for grid, size in ((6, 96), (4, 32)):
+        regions = region_targets(grid)
+        patch = size // grid
+        for row in range(grid):
+            for col in range(grid):
+                center = (col * patch + patch // 2, row * patch + patch // 2)
+                assert REGIONS[regions[row * grid + col]] == position_of(center, size), (grid, row, col)
+
+
 def test_clip_stage_saves_a_vision_tower_the_model_loads(tmp_path: Path) -> None:
     from mllm.config import load_model_config
     from mllm.model import MultimodalModel
@@ -64,7 +78,9 @@ def test_clip_stage_saves_a_vision_tower_the_model_loads(tmp_path: Path) -> None
     run = tmp_path / "run"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["stage"] == "clip" and 0 <= summary["eval"]["retrieval_accuracy"] <= 1
-    assert {"color_accuracy", "shape_accuracy", "size_accuracy", "count_accuracy"} <= set(summary["eval"])
+    assert {"color_accuracy", "shape_accuracy", "size_accuracy", "count_accuracy", "region_accuracy"} <= set(
+        summary["eval"]
+    )
     assert (run / "loss.png").is_file() and (run / "clip" / "vocab.json").is_file()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {"contrastive", "aux"} <= set(rows[0])

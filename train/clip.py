@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import shutil
 import time
@@ -31,7 +32,14 @@ from mllm.errors import MllmError
 from mllm.images import ImagePreprocessor
 from mllm.jsonl import read_jsonl
 from mllm.llm import load_tokenizer
-from train.clip_aux import BACKGROUND_INDEX, PATCH_GROUPS, ClipWithAux, cell_targets, count_targets
+from train.clip_aux import (
+    BACKGROUND_INDEX,
+    PATCH_GROUPS,
+    ClipWithAux,
+    cell_targets,
+    count_targets,
+    region_targets,
+)
 from train.config import TrainConfig, save_train_config
 from train.engine import init_distributed, initialize
 from train.metrics import PLOT_FILE, MetricsLog, plot_loss, progress_bar
@@ -171,7 +179,7 @@ def evaluate_clip(
     hits = total = 0
     loss = 0.0
     right: dict[str, int] = dict.fromkeys(PATCH_GROUPS, 0)
-    occupied = exact = patches = counts_ok = counts_total = 0
+    occupied = exact = patches = counts_ok = counts_total = regions_ok = 0
     for start in range(0, len(samples) - batch_size + 1, batch_size):
         batch = collate(samples[start : start + batch_size])
         out = model(**batch, aux_weight=aux_weight)
@@ -188,6 +196,8 @@ def evaluate_clip(
         exact += int(all_right.sum())
         patches += all_right.numel()
         counts_ok += int((out["count_logits"].argmax(-1) == batch["counts"]).sum())
+        grid = math.isqrt(cells.shape[1])
+        regions_ok += int((out["region_logits"].argmax(-1) == region_targets(grid)).sum())
         counts_total += batch["counts"].numel()
         loss += float(out["loss"]) * batch_size
     model.train()
@@ -197,6 +207,7 @@ def evaluate_clip(
         "cell_accuracy": exact / max(patches, 1),
         **{f"{name}_accuracy": value / max(occupied, 1) for name, value in right.items()},
         "count_accuracy": counts_ok / max(counts_total, 1),
+        "region_accuracy": regions_ok / max(patches, 1),
     }
 
 

@@ -3,19 +3,23 @@
 
 Every patch says whether an object's center lies in it and, if so, names that object's colour, shape and size
 (the shapes world keeps centers at least one patch apart at 16 px patches, so a patch is a slot for at most one
-object; the attribute losses average over occupied patches only, so empty ones do not dilute them); the mean
-patch feature gives the background and the counts (all objects, per colour, per shape).
+object; the attribute losses average over occupied patches only, so empty ones do not dilute them). Every patch
+also names the 3x3 region it lies in (`top left` ... `bottom right`, the words position questions answer with),
+so the frozen features carry where they are, not only what: the LLM then finds an object's region by content
+rather than by counting token positions. The mean patch feature gives the background and the counts (all
+objects, per colour, per shape).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import CLIPModel
 
-from data_tools.synth.world import BACKGROUNDS, COLORS, MAX_OBJECTS, SHAPES, SIZES
+from data_tools.synth.world import BACKGROUNDS, COLORS, MAX_OBJECTS, POSITIONS, SHAPES, SIZES
 
 IGNORE = -100  # attribute target of a patch without an object center (cross_entropy's ignore_index)
 # Per-patch labels of the object centered there, one categorical group per attribute (factorized, so a held-out
@@ -25,6 +29,13 @@ PATCH_GROUPS: dict[str, tuple[str, ...]] = {"color": tuple(COLORS), "shape": SHA
 COUNT_KEYS: tuple[str, ...] = ("all", *COLORS, *SHAPES)
 MAX_COUNT = MAX_OBJECTS
 BACKGROUND_INDEX = {b: i for i, b in enumerate(BACKGROUNDS)}
+REGIONS: tuple[str, ...] = tuple(name for row in POSITIONS for name in row)
+
+
+def region_targets(grid: int) -> torch.Tensor:
+    """[grid * grid]: index in REGIONS of the 3x3 region holding each patch's center (row-major patches)."""
+    third = torch.div((torch.arange(grid) * 2 + 1) * 3, 2 * grid, rounding_mode="floor")
+    return (third[:, None] * 3 + third[None, :]).flatten()
 
 
 def cell_targets(scene: dict[str, Any], grid: int) -> torch.Tensor:
@@ -64,6 +75,7 @@ class ClipWithAux(nn.Module):
         self.feature_layer = feature_layer
         hidden = clip.config.vision_config.hidden_size
         groups = {"occupied": 1, **{name: len(labels) for name, labels in PATCH_GROUPS.items()}}
+        groups["region"] = len(REGIONS)
         self.patch_heads = nn.ModuleDict(
             {name: nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, n)) for name, n in groups.items()}
         )
@@ -94,7 +106,10 @@ class ClipWithAux(nn.Module):
         cross_entropy = nn.functional.cross_entropy
         patch_logits = {name: head(patches) for name, head in self.patch_heads.items()}
         occupied = patch_logits.pop("occupied").squeeze(-1)
+        region_logits = patch_logits.pop("region")
+        regions = region_targets(math.isqrt(patches.shape[1])).to(patches.device)
         aux = nn.functional.binary_cross_entropy_with_logits(occupied, cells[..., 0].float())
+        aux = aux + cross_entropy(region_logits.flatten(0, 1), regions.repeat(patches.shape[0]))
         for g, logits in enumerate(patch_logits.values(), 1):
             aux = aux + cross_entropy(logits.flatten(0, 1), cells[..., g].flatten(), ignore_index=IGNORE)
         count_logits = self.count_head(pooled).view(-1, len(COUNT_KEYS), MAX_COUNT + 1)
@@ -106,6 +121,7 @@ class ClipWithAux(nn.Module):
             "aux": aux,
             "logits": out.logits_per_image,
             "occupied_logits": occupied,
+            "region_logits": region_logits,
             "patch_logits": patch_logits,
             "count_logits": count_logits,
         }

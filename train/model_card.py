@@ -68,7 +68,7 @@ def _stage_rows(release: Path, report: dict[str, Any]) -> list[str]:
                 f"image-to-caption retrieval {_pct(ev.get('retrieval_accuracy', 0))} (batches of 64); "
                 f"object patches: colour {_pct(ev.get('color_accuracy', 0))}, shape "
                 f"{_pct(ev.get('shape_accuracy', 0))}, size {_pct(ev.get('size_accuracy', 0))}; counts "
-                f"{_pct(ev.get('count_accuracy', 0))}"
+                f"{_pct(ev.get('count_accuracy', 0))}; patch regions {_pct(ev.get('region_accuracy', 0))}"
             )
         else:
             result = f"eval loss {ev['eval_loss']:.3f}" if "eval_loss" in ev else "-"

@@ -29,7 +29,7 @@ ASSET = REPO / "mllm" / "assets" / "default"
 MAX_ASSET_MB = 40.0
 # (folder, split, seed, number of images, VQA phrasing)
 DATA_SPLITS = (
-    ("train", "train", 0, 8000, "train"),
+    ("train", "train", 0, 12000, "train"),
     ("test", "test", 1, 200, "train"),
     ("compositional", "compositional", 2, 200, "train"),
     ("paraphrase", "test", 1, 200, "heldout"),
