@@ -245,7 +245,10 @@ def test_align_captions_name_every_object_with_its_position(train: Path) -> None
         text = record["conversations"][1]["value"]
         for obj in scene["objects"]:
             thing = f"{obj['size']} {obj['color']} {obj['shape']}"
-            assert re.search(rf"{thing} (at|on|in) the {obj['position']}(,| and | on a )", text), (thing, text)
+            assert re.search(rf"{thing} (at|on|in) the {obj['position']}(,| and | on a )", text), (
+                thing,
+                text,
+            )
         assert text.endswith(f"on a {scene['background']} background.")
 
 

