@@ -97,7 +97,11 @@ def test_chat_in_browser(ui_url: str, browser: object, tmp_path: Path) -> None:
     page = open_chat(browser, ui_url)
     assert "tiny-test" in page.inner_text("#mllm-header")  # type: ignore[attr-defined]
 
-    # attach an image, ask, and watch the answer stream in
+    # attach an image, ask, and watch the answer stream in: 800 new tokens, so the stream lasts long enough to
+    # be seen growing even where the tiny model decodes a 160-token reply between two polls
+    page.click("text=Sampling")  # type: ignore[attr-defined]
+    page.fill("#mllm-max-new input[type=number]", "800")  # type: ignore[attr-defined]
+    page.keyboard.press("Tab")  # type: ignore[attr-defined]
     page.set_input_files("#mllm-input input[type=file]", str(images["split"]))  # type: ignore[attr-defined]
     page.wait_for_selector("#mllm-input img", timeout=20_000)  # type: ignore[attr-defined]
     page.fill("#mllm-input textarea", "What colors do you see?")  # type: ignore[attr-defined]
@@ -128,7 +132,6 @@ def test_chat_in_browser(ui_url: str, browser: object, tmp_path: Path) -> None:
     other.close()  # type: ignore[attr-defined]
 
     # a follow-up that asks for a long reply, stopped mid-way: generation ends on the server
-    page.click("text=Sampling")  # type: ignore[attr-defined]
     page.fill("#mllm-max-new input[type=number]", str(LONG_CONTEXT - 200))  # type: ignore[attr-defined]
     page.keyboard.press("Tab")  # type: ignore[attr-defined]
     page.fill("#mllm-input textarea", "Tell me a very long story.")  # type: ignore[attr-defined]
