@@ -128,10 +128,9 @@ def where_phrase(position: str) -> str:
     return _POSITION_PHRASES[position]
 
 
-def describe_object(obj: SceneObject, with_position: bool = True) -> str:
+def describe_object(obj: SceneObject) -> str:
     """'a small red star at the top left'."""
-    text = f"{article(obj.size)} {obj.size} {obj.color} {obj.shape}"
-    return f"{text} {where_phrase(obj.position)}" if with_position else text
+    return f"{article(obj.size)} {obj.size} {obj.color} {obj.shape} {where_phrase(obj.position)}"
 
 
 def _join(items: Sequence[str]) -> str:
@@ -140,9 +139,9 @@ def _join(items: Sequence[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def caption(scene: Scene, with_positions: bool = True) -> str:
-    """One sentence naming every object (size, colour, shape and, by default, position) and the background."""
-    text = _join([describe_object(o, with_positions) for o in scene.objects])
+def caption(scene: Scene) -> str:
+    """One sentence naming every object (size, colour, shape and position) and the background."""
+    text = _join([describe_object(o) for o in scene.objects])
     return f"{text[0].upper()}{text[1:]}, on a {scene.background} background."
 
 

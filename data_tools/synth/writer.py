@@ -230,9 +230,10 @@ def synthesize(cfg: SynthConfig) -> SynthSummary:
             )
             draw_scene(scene).save(images_dir / name, format="PNG")
             scenes_file.write(_jsonl_line(scene.to_json()))
-            pairs_file.write(_jsonl_line({"image": name, "caption": caption(scene)}))
+            scene_caption = caption(scene)  # the clip pair's text and the align record's answer
+            pairs_file.write(_jsonl_line({"image": name, "caption": scene_caption}))
             align_rng = rng_for(cfg.split, cfg.seed, index, "align")
-            caption_turn = (align_rng.choice(CAPTION_PROMPTS), caption(scene))
+            caption_turn = (align_rng.choice(CAPTION_PROMPTS), scene_caption)
             align.write(make_record(tag, [name], [caption_turn], image_first=align_rng.random() < 0.9))
             chat_rng = rng_for(cfg.split, cfg.seed, index, "instruct")
             turns = instruct_turns(scene, chat_rng, cfg.split, cfg.max_turns)
