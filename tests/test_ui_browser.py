@@ -47,7 +47,9 @@ def ui_url() -> Iterator[str]:
     port = free_port()
     # a long context, so the reply that is stopped mid-way runs for seconds (16k tokens) even on a fast machine
     assistant = lively_assistant(context=LONG_CONTEXT)
-    ui = ChatUI(assistant, UISettings(port=port, concurrency=2, max_new_tokens=160, temperature=0.0))
+    # 800 new tokens by default, so a reply streams long enough to be seen growing even where the tiny model
+    # decodes 160 tokens between two polls
+    ui = ChatUI(assistant, UISettings(port=port, concurrency=2, max_new_tokens=800, temperature=0.0))
     ui.launch(block=False)
     yield f"http://127.0.0.1:{port}/"
     ui.close()
@@ -97,11 +99,7 @@ def test_chat_in_browser(ui_url: str, browser: object, tmp_path: Path) -> None:
     page = open_chat(browser, ui_url)
     assert "tiny-test" in page.inner_text("#mllm-header")  # type: ignore[attr-defined]
 
-    # attach an image, ask, and watch the answer stream in: 800 new tokens, so the stream lasts long enough to
-    # be seen growing even where the tiny model decodes a 160-token reply between two polls
-    page.click("text=Sampling")  # type: ignore[attr-defined]
-    page.fill("#mllm-max-new input[type=number]", "800")  # type: ignore[attr-defined]
-    page.keyboard.press("Tab")  # type: ignore[attr-defined]
+    # attach an image, ask, and watch the answer stream in
     page.set_input_files("#mllm-input input[type=file]", str(images["split"]))  # type: ignore[attr-defined]
     page.wait_for_selector("#mllm-input img", timeout=20_000)  # type: ignore[attr-defined]
     page.fill("#mllm-input textarea", "What colors do you see?")  # type: ignore[attr-defined]
@@ -132,6 +130,7 @@ def test_chat_in_browser(ui_url: str, browser: object, tmp_path: Path) -> None:
     other.close()  # type: ignore[attr-defined]
 
     # a follow-up that asks for a long reply, stopped mid-way: generation ends on the server
+    page.click("text=Sampling")  # type: ignore[attr-defined]
     page.fill("#mllm-max-new input[type=number]", str(LONG_CONTEXT - 200))  # type: ignore[attr-defined]
     page.keyboard.press("Tab")  # type: ignore[attr-defined]
     page.fill("#mllm-input textarea", "Tell me a very long story.")  # type: ignore[attr-defined]
