@@ -74,6 +74,15 @@ def _convert_vqa(args: argparse.Namespace) -> int:
     return 0
 
 
+def _turn_weight(text: str) -> tuple[str, float]:
+    """`--turn-weight position=2` -> ("position", 2.0); which types exist is checked by SynthConfig."""
+    kind, _, weight = text.partition("=")
+    try:
+        return kind, float(weight)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected TYPE=WEIGHT, e.g. position=2") from None
+
+
 def _synth(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -89,6 +98,7 @@ def _synth(args: argparse.Namespace) -> int:
         questions_per_image=args.questions_per_image,
         max_turns=args.max_turns,
         text_fraction=args.text_fraction,
+        turn_weights=dict(args.turn_weight),
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
@@ -258,6 +268,15 @@ def _add_synth(sub: Any) -> None:
         type=float,
         default=0.1,
         help="share of text-only records in instruct.json (default 0.1)",
+    )
+    p.add_argument(
+        "--turn-weight",
+        type=_turn_weight,
+        action="append",
+        default=[],
+        metavar="TYPE=W",
+        help="how often instruction turns are of TYPE (color, shape, count, exist, position, size, describe) "
+        "relative to the others, which weigh 1; repeat for several types",
     )
     p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")

@@ -319,6 +319,31 @@ def test_heldout_templates_share_no_wording_with_training_ones() -> None:
             assert not _trigrams(template) & train_grams, template
 
 
+def _turn_types(out: Path) -> Counter[str]:
+    """How many instruction turns of the records in `out` are of each question type (descriptions apart)."""
+    types: Counter[str] = Counter()
+    for record in json.loads((out / "instruct.json").read_text()):
+        for human in record["conversations"][::2] if "image" in record else ():
+            question = human["value"].replace("<image>", "").strip()
+            describe = question.startswith(("Describe", "What do you see", "Give a detailed"))
+            types["describe" if describe else _question_type(question)] += 1
+    return types
+
+
+def test_turn_weights_shift_the_mix_of_instruction_turns(tmp_path: Path) -> None:
+    uniform = _turn_types(_synth(tmp_path / "uniform", 150, seed=3))
+    weighted = _turn_types(_synth(tmp_path / "weighted", 150, seed=3, turn_weights={"position": 3.0}))
+    share = {
+        name: c["position"] / sum(c.values()) for name, c in (("uniform", uniform), ("weighted", weighted))
+    }
+    assert 0.08 < share["uniform"] < 0.2 and share["weighted"] > 1.8 * share["uniform"], share
+    # the images and the VQA files do not depend on the instruction mix
+    for name in ("scenes.jsonl", "vqa_questions.jsonl", "vqa_answers.jsonl", "align.json"):
+        assert (tmp_path / "uniform" / name).read_bytes() == (tmp_path / "weighted" / name).read_bytes()
+    meta = json.loads((tmp_path / "weighted" / "synth.json").read_text())
+    assert meta["turn_weights"]["position"] == 3.0 and meta["turn_weights"]["count"] == 1.0
+
+
 def test_refuses_non_empty_folder_and_bad_settings(tmp_path: Path) -> None:
     out = _synth(tmp_path / "x", 3, seed=0)
     with pytest.raises(MllmError, match="folder is not empty"):
@@ -329,3 +354,7 @@ def test_refuses_non_empty_folder_and_bad_settings(tmp_path: Path) -> None:
         _synth(tmp_path / "y", 3, seed=0, image_size=16)
     with pytest.raises(MllmError, match="--split"):
         _synth(tmp_path / "z", 3, seed=0, split="val")
+    with pytest.raises(MllmError, match=r"--turn-weight where=2.0: valid types are color, .*, describe"):
+        _synth(tmp_path / "z", 3, seed=0, turn_weights={"where": 2.0})
+    with pytest.raises(MllmError, match="--turn-weight count=0: the weight must be positive"):
+        _synth(tmp_path / "z", 3, seed=0, turn_weights={"count": 0})

@@ -83,12 +83,24 @@ def _stage_rows(release: Path, report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _weighting(synth: dict[str, Any]) -> str:
+    """', position and count turns weighted 2x' from synth.json's turn weights; '' when all weigh the same."""
+    weights = synth.get("turn_weights", {})
+    heavier = sorted({w for w in weights.values() if w != 1.0}, reverse=True)
+    parts = [
+        f"{' and '.join(t for t, w in weights.items() if w == weight)} turns weighted {weight:g}x"
+        for weight in heavier
+    ]
+    return f", {'; '.join(parts)}" if parts else ""
+
+
 def render(release: Path, ablation: Path | None, notes: Path | None = None) -> str:
     report = json.loads((release / "release.json").read_text())
     evals = report.get("eval", {})
     total = sum(report["timings_s"].values())
     skills = evals.get("text_skills", {})
-    train_images = json.loads((release / "data" / "train" / "synth.json").read_text())["num_images"]
+    synth = json.loads((release / "data" / "train" / "synth.json").read_text())
+    train_images = synth["num_images"]
     lines = [
         '# Model card: the shipped default assistant (`mllm.load("default")`)',
         "",
@@ -107,7 +119,7 @@ def render(release: Path, ablation: Path | None, notes: Path | None = None) -> s
         "",
         f"`mllm data synth` (data_tools), 96 px images: train split {train_images} images (seed 0) giving "
         "`pairs.jsonl` (clip), `align.json` (captions naming every object and its position) and `instruct.json` "
-        "(1-5 question/answer turns per image, "
+        f"(1-{synth.get('max_turns', 5)} question/answer turns per image{_weighting(synth)}, "
         "half short answers, half sentences, some detailed descriptions, plus 10% text-only general chats). "
         "Evaluation on images never seen in training: the `test` split (seed 1; the data generator guarantees "
         "train and test never share a scene), the `compositional` split (seed 2; every image holds a (colour, "

@@ -12,7 +12,8 @@ import json
 import random
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
@@ -24,6 +25,7 @@ from data_tools.synth.general import general_conversation
 from data_tools.synth.questions import (
     DESCRIBE_PROMPTS,
     PHRASINGS,
+    QUESTION_TYPES,
     available_types,
     caption,
     description,
@@ -54,9 +56,14 @@ OUTPUT_FILES = (
 QA = tuple[str, str]
 
 
+TURN_TYPES: tuple[str, ...] = (*QUESTION_TYPES, "describe")
+
+
 @dataclass(frozen=True)
 class SynthConfig:
-    """What `mllm data synth` writes; `text_fraction` is the share of text-only records in instruct.json."""
+    """What `mllm data synth` writes; `text_fraction` is the share of text-only records in instruct.json;
+    `turn_weights` weighs how often an instruction turn is of a type (a question type or `describe`; 1 for any
+    type not named), e.g. more position and count turns, the two skills the shipped model learns last."""
 
     out: Path
     num_images: int
@@ -67,6 +74,7 @@ class SynthConfig:
     questions_per_image: int = 2
     max_turns: int = 5
     text_fraction: float = 0.1
+    turn_weights: Mapping[str, float] = field(default_factory=dict)
     overwrite: bool = False
     progress: bool = True
 
@@ -84,6 +92,11 @@ class SynthConfig:
             raise MllmError(f"--questions-per-image {self.questions_per_image}: must be 0 or more")
         if not 0 <= self.text_fraction < 1:
             raise MllmError(f"--text-fraction {self.text_fraction}: must be in [0, 1)")
+        for kind, weight in self.turn_weights.items():
+            if kind not in TURN_TYPES:
+                raise MllmError(f"--turn-weight {kind}={weight}: valid types are {', '.join(TURN_TYPES)}")
+            if not weight > 0:
+                raise MllmError(f"--turn-weight {kind}={weight}: the weight must be positive")
 
 
 @dataclass(frozen=True)
@@ -117,13 +130,21 @@ def exist_pairs(split: str) -> tuple[tuple[str, str], ...]:
     return ALL_PAIRS if split == "compositional" else SEEN_PAIRS
 
 
-def instruct_turns(scene: Scene, rng: random.Random, split: str, max_turns: int = 5) -> list[QA]:
+def instruct_turns(
+    scene: Scene,
+    rng: random.Random,
+    split: str,
+    max_turns: int = 5,
+    weights: Mapping[str, float] | None = None,
+) -> list[QA]:
     """1 to `max_turns` distinct question/answer turns: typed questions (a short answer when the question asks
-    for one, else a sentence) and at most one detailed description."""
+    for one, else a sentence) and at most one detailed description; each turn's type is drawn from those the
+    scene can answer, in proportion to `weights` (1 for a type not named)."""
+    weights = weights or {}
     types = [*available_types(scene), "describe"]
     turns: list[QA] = []
     for _ in range(rng.randint(1, max_turns)):
-        qtype = rng.choice(types)
+        qtype = rng.choices(types, [weights.get(t, 1.0) for t in types])[0]
         if qtype == "describe":
             types.remove("describe")
             question, answer = rng.choice(DESCRIBE_PROMPTS), description(scene)
@@ -236,7 +257,7 @@ def synthesize(cfg: SynthConfig) -> SynthSummary:
             caption_turn = (align_rng.choice(CAPTION_PROMPTS), scene_caption)
             align.write(make_record(tag, [name], [caption_turn], image_first=align_rng.random() < 0.9))
             chat_rng = rng_for(cfg.split, cfg.seed, index, "instruct")
-            turns = instruct_turns(scene, chat_rng, cfg.split, cfg.max_turns)
+            turns = instruct_turns(scene, chat_rng, cfg.split, cfg.max_turns, cfg.turn_weights)
             instruct.write(make_record(tag, [name], turns, image_first=chat_rng.random() < 0.9))
             for question_row, answer_row in vqa_rows(
                 scene, rng_for(cfg.split, cfg.seed, index, "vqa"), cfg, tag
@@ -269,6 +290,8 @@ def _write_metadata(cfg: SynthConfig) -> None:
         "vqa_phrasing": cfg.phrasing,
         "questions_per_image": cfg.questions_per_image,
         "text_fraction": cfg.text_fraction,
+        "max_turns": cfg.max_turns,
+        "turn_weights": {t: cfg.turn_weights.get(t, 1.0) for t in TURN_TYPES},
         "held_out_pairs": [list(p) for p in HELD_OUT_PAIRS],
         "notes": "train and test exclude the held-out (color, shape) pairs and never share a scene (a hash of "
         "the scene content decides which of the two may hold it); every compositional image holds at "
