@@ -98,6 +98,11 @@ def _expected(qtype: str, text: str, scene: dict[str, Any]) -> str:
     return "small" if matches[0]["radius"] < 0.12 * scene["image_size"] else "large"
 
 
+def _asks_for_description(question: str) -> bool:
+    """Whether a training instruction asks for a detailed description (by its wording, not the generator's)."""
+    return question.startswith(("Describe", "What do you see", "Give a detailed"))
+
+
 def _question_type(text: str) -> str:
     """Guess the type of a training-phrased question from its wording (independent of the generator)."""
     lowered = text.lower()
@@ -184,7 +189,7 @@ def test_instruct_answers_agree_with_scenes(train: Path, scenes: dict[str, dict[
         scene = scenes[record["image"]]
         for human, gpt in zip(turns[::2], turns[1::2]):
             question = human["value"].replace("<image>", "").strip()
-            if question.startswith(("Describe", "What do you see", "Give a detailed")):
+            if _asks_for_description(question):
                 for obj in scene["objects"]:
                     assert f"{obj['size']} {obj['color']} {obj['shape']}" in gpt["value"]
                 continue
@@ -323,10 +328,11 @@ def _turn_types(out: Path) -> Counter[str]:
     """How many instruction turns of the records in `out` are of each question type (descriptions apart)."""
     types: Counter[str] = Counter()
     for record in json.loads((out / "instruct.json").read_text()):
-        for human in record["conversations"][::2] if "image" in record else ():
+        if "image" not in record:
+            continue
+        for human in record["conversations"][::2]:
             question = human["value"].replace("<image>", "").strip()
-            describe = question.startswith(("Describe", "What do you see", "Give a detailed"))
-            types["describe" if describe else _question_type(question)] += 1
+            types["describe" if _asks_for_description(question) else _question_type(question)] += 1
     return types
 
 
