@@ -68,10 +68,7 @@ def decode_tokens(
     if prefix_cache is not None:
         prefix_cache.store(key, cache)
     logits = out.logits[:, -1, :]
-    stepper = stepper_for(llm, length + max_new_tokens)
-    if stepper is not None:
-        stepper.start(cache)
-        del cache
+    stepper = None
     generated = input_ids.to(model.device)
     for step in range(max_new_tokens):
         logits = logits.float()
@@ -90,6 +87,11 @@ def decode_tokens(
             return
         if temperature > 0 and warpers:
             generated = torch.cat([generated, token], dim=1)
+        if step == 0:  # the static cache is built after the first token is out: not part of its latency
+            stepper = stepper_for(llm, length + max_new_tokens)
+            if stepper is not None:
+                stepper.start(cache)
+                del cache
         if stepper is not None:
             logits = stepper.step(token)
             continue

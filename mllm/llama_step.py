@@ -1,25 +1,89 @@
 """A lean one-token decode step for Llama-architecture LLMs (SmolLM2 is one): a static KV cache and a
-straight loop over the layers' own modules (norms, projections, MLP), without transformers' per-call
-machinery (mask building, growing the cache by concatenation, output objects). On a CPU that machinery costs
-about a third of each decoded token once the weights are read at fp16.
+straight loop over the layers' weights, without transformers' per-call machinery (mask building, growing the
+cache by concatenation, output objects) and without nn.Module calls: every matmul is one direct op call
+(fbgemm's fp16 GEMM on the packed weights of the `fp16` precision, else `F.linear`). On a CPU the machinery
+costs about a third of each decoded token once the weights are read at fp16, and the module calls a sixth of
+what is left.
 
 The prompt is still prefilled by the model's own forward (images merged into the embeddings); its KV cache is
-then copied into the static one. Each step calls the same modules with the same operations as transformers'
-LlamaDecoderLayer (rotary tables computed once by the model's own rotary embedding for all positions), so
-greedy output is the same token for token (tested). Architectures are picked by `model_type` from a registry;
+then copied into the static one. Each step does the same arithmetic as transformers' LlamaDecoderLayer
+(RMSNorm, rotary tables computed once by the model's own rotary embedding for all positions, SDPA), so greedy
+output is the same token for token (tested). Architectures are picked by `model_type` from a registry;
 others keep the generic loop in mllm.decoding.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+from torch.ao.nn.quantized import dynamic as quantized_dynamic
 from torch.nn import functional as F
 from transformers import DynamicCache, LlamaForCausalLM, PreTrainedModel
 
 from mllm.registry import Registry
 
 STEPPERS: Registry[type[LlamaStepper]] = Registry("fast decode step")
+Linear = Callable[[torch.Tensor], torch.Tensor]
+
+
+def direct_linear(module: nn.Module) -> Linear:
+    """`module`'s forward as one op call: the fp16 packed GEMM of torch's dynamic fp16 Linear, `F.linear` of a
+    plain nn.Linear (the same op their forwards call); any other module is called as it is."""
+    if isinstance(module, quantized_dynamic.Linear) and module._packed_params.dtype == torch.float16:
+        packed = module._packed_params._packed_params
+        fp16_gemm = torch.ops.quantized.linear_dynamic_fp16
+        return lambda x: fp16_gemm(x, packed)  # fp32 in, fp32 out (the module's .to(x.dtype) is a no-op)
+    if type(module) is nn.Linear:
+        weight, bias = module.weight, module.bias
+        return lambda x: F.linear(x, weight, bias)
+    return module
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """LlamaRMSNorm.forward, op for op."""
+    dtype = x.dtype
+    x = x.to(torch.float32)
+    variance = x.pow(2).mean(-1, keepdim=True)
+    return weight * (x * torch.rsqrt(variance + eps)).to(dtype)
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """One decoder layer's weights and ops, bound once."""
+
+    input_norm: tuple[torch.Tensor, float]
+    q: Linear
+    k: Linear
+    v: Linear
+    o: Linear
+    post_norm: tuple[torch.Tensor, float]
+    gate: Linear
+    up: Linear
+    down: Linear
+    act: Callable[[torch.Tensor], torch.Tensor]
+    keys: torch.Tensor  # [1, kv_heads, max_length, head_dim], a view of the stepper's static cache
+    values: torch.Tensor
+
+    @classmethod
+    def bind(cls, layer: nn.Module, keys: torch.Tensor, values: torch.Tensor) -> _Layer:
+        attention, mlp = layer.self_attn, layer.mlp
+        return cls(
+            (layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon),
+            direct_linear(attention.q_proj),
+            direct_linear(attention.k_proj),
+            direct_linear(attention.v_proj),
+            direct_linear(attention.o_proj),
+            (layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon),
+            direct_linear(mlp.gate_proj),
+            direct_linear(mlp.up_proj),
+            direct_linear(mlp.down_proj),
+            mlp.act_fn,
+            keys,
+            values,
+        )
 
 
 class LlamaStepper:
@@ -27,22 +91,28 @@ class LlamaStepper:
 
     def __init__(self, llm: PreTrainedModel, max_length: int) -> None:
         config = llm.config
-        self.llm = llm
-        self.layers = list(llm.model.layers)
+        layers = list(llm.model.layers)
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
-        self.scaling = self.layers[0].self_attn.scaling
+        self.scaling = layers[0].self_attn.scaling
         self.max_length = max_length
-        device = llm.get_input_embeddings().weight.device
-        dtype = llm.get_input_embeddings().weight.dtype
+        embedding = llm.get_input_embeddings().weight
+        device, dtype = embedding.device, embedding.dtype
         probe = torch.zeros(1, 1, self.head_dim, device=device, dtype=dtype)
         positions = torch.arange(max_length, device=device)[None]
         cos, sin = llm.model.rotary_emb(probe, positions)  # [1, max_length, head_dim], as the model computes
-        self.cos, self.sin = cos[0], sin[0]
-        shape = (len(self.layers), 1, self.kv_heads, max_length, self.head_dim)
+        half = self.head_dim // 2
+        # rotate_half(x) * sin == x[..., swap] * signed_sin exactly: the halves swapped, the sign on the table
+        self.swap = torch.cat((torch.arange(half, self.head_dim), torch.arange(half))).to(device)
+        self.cos, self.signed_sin = cos[0], torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1)
+        shape = (len(layers), 1, self.kv_heads, max_length, self.head_dim)
         self.keys = torch.empty(shape, device=device, dtype=dtype)  # only positions < length are ever read
         self.values = torch.empty(shape, device=device, dtype=dtype)
+        self.layers = [_Layer.bind(layer, self.keys[i], self.values[i]) for i, layer in enumerate(layers)]
+        self.embedding = embedding
+        self.final_norm = (llm.model.norm.weight, llm.model.norm.variance_epsilon)
+        self.head = direct_linear(llm.lm_head)
         self.length = 0
 
     def start(self, cache: DynamicCache) -> None:
@@ -57,40 +127,31 @@ class LlamaStepper:
             self.values[index, :, :, :length] = layer.values
         self.length = length
 
-    @staticmethod
-    def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-        half = x.shape[-1] // 2
-        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
     def step(self, token: torch.Tensor) -> torch.Tensor:
         """Logits [1, vocab] of the token after `token` ([1, 1] id), which goes in at the next position."""
         position = self.length
         if position >= self.max_length:
             raise ValueError(f"the static cache holds {self.max_length} tokens")
-        cos, sin = self.cos[position], self.sin[position]
-        hidden = self.llm.model.embed_tokens(token)  # [1, 1, D]
+        cos, sin, swap = self.cos[position], self.signed_sin[position], self.swap
+        heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
+        gqa = heads != kv_heads
         end = position + 1
-        for index, layer in enumerate(self.layers):
-            attention = layer.self_attn
-            normed = layer.input_layernorm(hidden)
-            q = attention.q_proj(normed).view(1, 1, self.heads, self.head_dim).transpose(1, 2)
-            k = attention.k_proj(normed).view(1, 1, self.kv_heads, self.head_dim).transpose(1, 2)
-            v = attention.v_proj(normed).view(1, 1, self.kv_heads, self.head_dim).transpose(1, 2)
-            q = q * cos + self._rotate_half(q) * sin
-            k = k * cos + self._rotate_half(k) * sin
-            self.keys[index, :, :, position] = k[:, :, 0]
-            self.values[index, :, :, position] = v[:, :, 0]
+        hidden = F.embedding(token, self.embedding)  # [1, 1, D]
+        for layer in self.layers:
+            normed = rms_norm(hidden, *layer.input_norm)
+            q = layer.q(normed).view(1, 1, heads, head_dim).transpose(1, 2)
+            k = layer.k(normed).view(1, 1, kv_heads, head_dim).transpose(1, 2)
+            q = q * cos + q.index_select(-1, swap) * sin
+            layer.keys[:, :, position] = (k * cos + k.index_select(-1, swap) * sin)[:, :, 0]
+            layer.values[:, :, position] = layer.v(normed).view(1, kv_heads, head_dim)
             out = F.scaled_dot_product_attention(
-                q,
-                self.keys[index, :, :, :end],
-                self.values[index, :, :, :end],
-                scale=self.scaling,
-                enable_gqa=self.heads != self.kv_heads,
+                q, layer.keys[:, :, :end], layer.values[:, :, :end], scale=self.scaling, enable_gqa=gqa
             )
-            hidden = hidden + attention.o_proj(out.transpose(1, 2).reshape(1, 1, -1))
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+            hidden = hidden + layer.o(out.transpose(1, 2).reshape(1, 1, -1))
+            normed = rms_norm(hidden, *layer.post_norm)
+            hidden = hidden + layer.down(layer.act(layer.gate(normed)) * layer.up(normed))
         self.length = end
-        return self.llm.lm_head(self.llm.model.norm(hidden))[:, -1]
+        return self.head(rms_norm(hidden, *self.final_norm))[:, -1]
 
 
 STEPPERS.add("llama", LlamaStepper)

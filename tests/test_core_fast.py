@@ -110,3 +110,32 @@ def test_stats_count_tokens_on_both_paths(pair):
     assert fast.finish_reason == plain.finish_reason
     if fast.completion_tokens == 7:
         assert fast.finish_reason == "length"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_lean_step_computes_what_the_model_forward_computes(tiny_config_path, precision):
+    """The lean step calls the weights' ops directly (fbgemm's fp16 GEMM at fp16): its logits are bit for bit
+    those of the LLM's own forward on the same cache, token after token."""
+    from transformers import DynamicCache
+
+    from mllm.llama_step import stepper_for
+    from mllm.quantize import apply_precision
+
+    model = apply_precision(merge_for_inference(build(tiny_config_path)), precision)
+    llm = model.llm
+    ids = model.tokenizer("The shapes are", return_tensors="pt").input_ids
+    with torch.inference_mode():
+        cache = DynamicCache(config=llm.config)
+        token = llm(input_ids=ids, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+        stepper = stepper_for(llm, ids.shape[1] + 8)
+        assert stepper is not None
+        stepper.start(cache)  # a copy: the model's own forward goes on with `cache`
+        for position in range(ids.shape[1], ids.shape[1] + 8):
+            lean = stepper.step(token)
+            plain = llm(
+                input_ids=token, past_key_values=cache, use_cache=True, position_ids=torch.tensor([[position]])
+            ).logits[:, -1]
+            assert torch.equal(lean, plain), f"logits differ at position {position} ({precision})"
+            token = plain.argmax(-1, keepdim=True)
+        with pytest.raises(ValueError, match="static cache holds"):
+            stepper.step(token)
