@@ -133,7 +133,10 @@ def test_lean_step_computes_what_the_model_forward_computes(tiny_config_path, pr
         for position in range(ids.shape[1], ids.shape[1] + 8):
             lean = stepper.step(token)
             plain = llm(
-                input_ids=token, past_key_values=cache, use_cache=True, position_ids=torch.tensor([[position]])
+                input_ids=token,
+                past_key_values=cache,
+                use_cache=True,
+                position_ids=torch.tensor([[position]]),
             ).logits[:, -1]
             assert torch.equal(lean, plain), f"logits differ at position {position} ({precision})"
             token = plain.argmax(-1, keepdim=True)
