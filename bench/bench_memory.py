@@ -39,7 +39,9 @@ def run(spec: str, questions: int = 4) -> list[dict[str, Any]]:
     from gradio_client import Client, handle_file
 
     port = _free_port()
+    server_log = Path(os.environ.get("TMPDIR", "/tmp")) / "mllm-bench-memory-serve.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    log_file = server_log.open("w")  # read back when the server has to be killed
     server = subprocess.Popen(
         [
             sys.executable,
@@ -55,7 +57,7 @@ def run(spec: str, questions: int = 4) -> list[dict[str, Any]]:
         ],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=log_file,
     )
     try:
         url = f"http://127.0.0.1:{port}/"
@@ -80,19 +82,25 @@ def run(spec: str, questions: int = 4) -> list[dict[str, Any]]:
             client.predict({"text": "Describe the image.", "files": [handle_file(str(image))]}, api_name=api)
         peak = status_mb("VmHWM", server.pid)
         after = _tree_rss_mb(server.pid)
+        client.close()  # its heartbeat stream would otherwise stay open while the server shuts down
     finally:
         server.send_signal(signal.SIGINT)
         try:
             server.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             # the measurements above are taken; a slow shutdown must not lose the other sections' results
+            tail = server_log.read_text(errors="replace").splitlines()[-15:]
             print(
-                f"mllm serve was still running {STOP_TIMEOUT_S} s after SIGINT: killed",
+                f"mllm serve was still running {STOP_TIMEOUT_S} s after SIGINT: killed; the end of its log "
+                f"({server_log}):",
+                *tail,
+                sep="\n",
                 file=sys.stderr,
                 flush=True,
             )
             server.kill()
             server.wait()
+        log_file.close()
     return [
         {
             "title": f"Memory of `mllm serve --model {spec}`",
