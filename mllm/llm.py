@@ -2,7 +2,9 @@
 random model from a config; optional bitsandbytes 4-/8-bit loading; LoRA through peft.
 
 GGUF weights are dequantized once and cached as safetensors (in $MLLM_CACHE or ~/.cache/mllm), so later loads
-take seconds.
+take seconds. The cache is written in shards of CACHE_SHARD_SIZE: every shard is its own memory map, which is
+unmapped once all its tensors are replaced, so converting the weights layer by layer (mllm.quantize) never
+holds the whole fp32 model and its converted copy at once.
 """
 
 from __future__ import annotations
@@ -82,9 +84,12 @@ def locate_gguf(source: str, gguf_file: str | None) -> tuple[str, str | None]:
     return source, gguf_file
 
 
+CACHE_SHARD_SIZE = "40MB"  # a few decoder layers of a small LLM per shard
+
+
 def _gguf_cache_key(path: Path) -> str:
     stat = path.stat()
-    digest = hashlib.sha256(f"{path.name}:{stat.st_size}".encode())
+    digest = hashlib.sha256(f"{path.name}:{stat.st_size}:shards {CACHE_SHARD_SIZE}".encode())
     with path.open("rb") as f:
         digest.update(f.read(1 << 20))
         f.seek(max(0, stat.st_size - (1 << 20)))
@@ -116,7 +121,7 @@ def materialize(source: str, gguf_file: str | None) -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
     try:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, max_shard_size=CACHE_SHARD_SIZE)
         tokenizer.save_pretrained(tmp)
         os.replace(tmp, target)
     except OSError:

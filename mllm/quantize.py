@@ -64,21 +64,28 @@ def _dynamic(model: MultimodalModel, dtype: torch.dtype) -> MultimodalModel:
     if any(module_name.endswith("lora_A") for module_name, _ in model.llm.named_modules()):
         raise MllmError(f"precision {name} needs the LoRA adapters merged first (merge_for_inference)")
     qconfig = float16_dynamic_qconfig if dtype == torch.float16 else per_channel_dynamic_qconfig
-    # in place: the default deep-copies the whole LLM first, holding fp32 weights twice while it converts
-    model.llm = quantize_dynamic(model.llm, {nn.Linear: qconfig}, dtype=dtype, inplace=True)
-    _own_memory(model.llm)
+    # block by block (each entry of a ModuleList: the decoder layers), then the rest (the LM head), in place:
+    # a block's fp32 weights are released before the next is converted, and a weight file's memory map (one
+    # shard of mllm.llm's cache) is unmapped once every tensor in it has been replaced
+    blocks = [block for child in model.llm.modules() if isinstance(child, nn.ModuleList) for block in child]
+    owned: set[int] = set()
+    for block in [*blocks, model.llm]:
+        quantize_dynamic(block, {nn.Linear: qconfig}, dtype=dtype, inplace=True)
+        _own_memory(block, owned)
     log.info("LLM linear layers at %s (dynamic quantization, fp32 activations in, fp32 out)", name)
     return model
 
 
-def _own_memory(module: nn.Module) -> None:
-    """Copy the parameters that stay fp32 (embedding, norms) into memory of their own. Weights loaded from
-    safetensors live in one memory map of the file, which stays mapped, with every page the LoRA merge wrote,
-    while any tensor in it is alive: without the copies the replaced fp32 weights would stay resident (about
-    400 MB for SmolLM2-135M)."""
+def _own_memory(module: nn.Module, owned: set[int]) -> None:
+    """Copy the parameters that stay fp32 (embedding, norms) into memory of their own, skipping those in
+    `owned` (ids of parameters copied already). Weights loaded from safetensors live in a memory map of their
+    file, which stays mapped, with every page the LoRA merge wrote, while any tensor in it is alive: without
+    the copies the replaced fp32 weights would stay resident (about 400 MB for SmolLM2-135M)."""
     with torch.no_grad():
         for param in module.parameters():
-            param.data = param.data.clone()
+            if id(param) not in owned:
+                param.data = param.data.clone()
+                owned.add(id(param))
 
 
 @PRECISIONS.register("fp16")
