@@ -35,6 +35,10 @@ def _tree_rss_mb(pid: int) -> float:
     return total
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run(spec: str, questions: int = 4) -> list[dict[str, Any]]:
     from gradio_client import Client, handle_file
 
@@ -58,6 +62,8 @@ def run(spec: str, questions: int = 4) -> list[dict[str, Any]]:
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=log_file,
+        # as at a terminal: a shell's background job (`make bench &`) ignores SIGINT, and children inherit that
+        preexec_fn=_default_sigint,
     )
     try:
         url = f"http://127.0.0.1:{port}/"
