@@ -20,6 +20,21 @@ def test_real_smollm2_knows_paris(tiny_config_path):
 
 
 @pytest.mark.slow
+def test_the_dequantized_cache_is_sharded():
+    """The GGUF is dequantized into several safetensors shards (mllm.llm.CACHE_SHARD_SIZE), each its own memory
+    map, which lets the layer-by-layer fp16 conversion release the fp32 weights as it goes."""
+    from pathlib import Path
+
+    from mllm.llm import materialize
+
+    folder = Path(materialize("smollm2", None))
+    shards = sorted(folder.glob("*.safetensors"))
+    sizes = sorted(shard.stat().st_size for shard in shards)
+    # one shard per tensor larger than the limit (the embedding), every other one within it
+    assert len(shards) > 5 and sizes[-2] <= 40 * 10**6, sizes
+
+
+@pytest.mark.slow
 def test_default_assistant_fp16_keeps_fp32_answers(tmp_path):
     """The default path (fp16 weights) against fp32 on 48 unseen shapes-world questions: stated tolerance, at
     most one answer in 48 differs and accuracy moves by at most one question."""
