@@ -68,7 +68,13 @@ def test_clip_stage_saves_a_vision_tower_the_model_loads(tmp_path: Path) -> None
             "eval": str(data / "pairs.jsonl"),
             "image_folder": str(data / "images"),
         },
-        clip={"text_hidden_size": 32, "text_layers": 1, "text_heads": 2, "projection_dim": 16},
+        clip={
+            "text_hidden_size": 32,
+            "text_layers": 1,
+            "text_heads": 2,
+            "projection_dim": 16,
+            "recolor_prob": 0.5,
+        },
         micro_batch_size=8,
         max_steps=3,
         eval_every=0,
@@ -88,3 +94,49 @@ def test_clip_stage_saves_a_vision_tower_the_model_loads(tmp_path: Path) -> None
     model_config.vision.source = str(run / "vision")
     model = MultimodalModel.build(model_config)
     assert model.vision(torch.zeros(1, 3, 32, 32)).shape == (1, 16, 32)
+
+
+def test_recolor_repaints_objects_off_palette_and_drops_only_their_colour(tmp_path: Path) -> None:
+    """A repainted object keeps its shape, size and place but loses every pixel of its palette colour, its colour
+    target, its colour count and the colour word of the caption; the new colour is none of the world's."""
+    import math
+    import random
+
+    from data_tools.synth.world import BACKGROUNDS, COLORS
+    from mllm.images import ImagePreprocessor
+    from train.clip_aux import COUNT_KEYS, IGNORE
+    from train.clip_data import OFF_PALETTE_DISTANCE, load_samples, recolor
+
+    data = make_data(tmp_path / "data", num_images=8)
+    preprocess = ImagePreprocessor(
+        64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    )  # the data's own size: no resampling
+    captions: list[str] = []
+
+    def encode(text: str) -> list[int]:
+        captions.append(text)
+        return [len(captions)]
+
+    samples = load_samples(
+        data / "pairs.jsonl", data / "scenes.jsonl", data / "images", encode, 4, preprocess, keep_pixels=True
+    )
+    rng = random.Random(0)
+    assert all(recolor(s, rng, 0.0, preprocess, encode) is s for s in samples)
+    for sample in samples:
+        out = recolor(sample, rng, 1.0, preprocess, encode)
+        pixels = (out.image * 0.25 + 0.5) * 255
+        rgb = {tuple(round(float(v)) for v in pixels[:, y, x]) for y in range(64) for x in range(64)}
+        assert not rgb & set(COLORS.values()), "a palette colour is left"
+        for color in rgb - set(BACKGROUNDS.values()):
+            assert min(math.dist(color, c) for c in COLORS.values()) >= OFF_PALETTE_DISTANCE
+        assert len(rgb - set(BACKGROUNDS.values())) >= 1
+        text = captions[out.tokens[0] - 1]
+        assert not any(f" {c} " in text for c in COLORS) and text.count(" at ") + text.count(
+            " on "
+        ) + text.count(" in ") >= len(sample.scene["objects"])
+        occupied = sample.cells[:, 0] > 0
+        assert (out.cells[occupied, 1] == IGNORE).all()  # colour
+        assert torch.equal(out.cells[:, [0, 2, 3]], sample.cells[:, [0, 2, 3]])  # occupancy, shape, size
+        counts = dict(zip(COUNT_KEYS, out.counts.tolist()))
+        assert counts["all"] == len(sample.scene["objects"]) and all(counts[c] == 0 for c in COLORS)
+        assert torch.equal(out.counts[len(COLORS) + 1 :], sample.counts[len(COLORS) + 1 :])  # shape counts

@@ -14,13 +14,13 @@ the text tower's embedding small and its training fast. The result is saved in H
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import random
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,23 +30,15 @@ from transformers import CLIPConfig, CLIPModel, CLIPVisionModel
 from mllm.config import LLMConfig, ModelConfig, load_model_config
 from mllm.errors import MllmError
 from mllm.images import ImagePreprocessor
-from mllm.jsonl import read_jsonl
 from mllm.llm import load_tokenizer
-from train.clip_aux import (
-    BACKGROUND_INDEX,
-    PATCH_GROUPS,
-    ClipWithAux,
-    cell_targets,
-    count_targets,
-    region_targets,
-)
+from train.clip_aux import PATCH_GROUPS, ClipWithAux, region_targets
+from train.clip_data import EOS_ID, ClipSample, collate, load_samples, read_pairs, recolor
 from train.config import TrainConfig, save_train_config
 from train.engine import init_distributed, initialize
 from train.metrics import PLOT_FILE, MetricsLog, plot_loss, progress_bar
 from train.trainer import SUMMARY_FILE, peak_memory_mb, seed_everything
 
 log = logging.getLogger(__name__)
-EOS_ID = 0  # ends (and pads) every caption; the text tower pools at its first position
 UNK_ID = 1
 VOCAB_FILE = "vocab.json"
 
@@ -77,54 +69,6 @@ class CompactVocab:
         )
 
 
-@dataclass
-class ClipSample:
-    """One image (normalized pixels, preprocessed once) with its caption tokens and auxiliary targets."""
-
-    image: torch.Tensor
-    tokens: list[int]
-    cells: torch.Tensor  # [P, 1 + len(PATCH_GROUPS)]: occupied, then class per group (IGNORE if empty)
-    counts: torch.Tensor  # [len(COUNT_KEYS)] object counts
-    background: int
-
-
-def read_pairs(pairs: Path, limit: int | None = None) -> list[dict[str, Any]]:
-    rows = read_jsonl(pairs)
-    return rows[:limit] if limit else rows
-
-
-def load_samples(
-    pairs: Path,
-    scenes: Path,
-    image_folder: Path,
-    vocab: CompactVocab,
-    max_length: int,
-    grid: int,
-    preprocess: ImagePreprocessor,
-    limit: int | None = None,
-) -> list[ClipSample]:
-    """Pairs joined with their scenes (by image name), images preprocessed once."""
-    by_image = {row["image"]: row for row in read_jsonl(scenes)}
-    samples = []
-    for number, row in enumerate(read_pairs(pairs, limit), 1):
-        for key in ("image", "caption"):
-            if key not in row:
-                raise MllmError(f"{pairs}:{number}: field {key} is missing")
-        scene = by_image.get(row["image"])
-        if scene is None:
-            raise MllmError(f"{pairs}:{number}: image {row['image']} has no scene in {scenes}")
-        samples.append(
-            ClipSample(
-                preprocess([image_folder / row["image"]])[0],
-                vocab.encode(row["caption"], max_length),
-                cell_targets(scene, grid),
-                count_targets(scene),
-                BACKGROUND_INDEX[scene["background"]],
-            )
-        )
-    return samples
-
-
 def build_clip(model_config: ModelConfig, config: TrainConfig, vocab_size: int) -> CLIPModel:
     vision = model_config.vision
     clip_config = CLIPConfig(
@@ -150,23 +94,6 @@ def build_clip(model_config: ModelConfig, config: TrainConfig, vocab_size: int) 
         projection_dim=config.clip.projection_dim,
     )
     return CLIPModel(clip_config)
-
-
-def collate(samples: list[ClipSample]) -> dict[str, torch.Tensor]:
-    width = max(len(s.tokens) for s in samples)
-    input_ids = torch.full((len(samples), width), EOS_ID, dtype=torch.long)
-    attention_mask = torch.zeros((len(samples), width), dtype=torch.long)
-    for row, sample in enumerate(samples):
-        input_ids[row, : len(sample.tokens)] = torch.tensor(sample.tokens)
-        attention_mask[row, : len(sample.tokens)] = 1
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "pixel_values": torch.stack([s.image for s in samples]),
-        "cells": torch.stack([s.cells for s in samples]),
-        "counts": torch.stack([s.counts for s in samples]),
-        "background": torch.tensor([s.background for s in samples]),
-    }
 
 
 @torch.no_grad()
@@ -259,8 +186,9 @@ def train_clip(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
     vocab = CompactVocab.build(
         tokenizer, [row["caption"] for row in read_pairs(pairs, config.data.max_records)]
     )
+    encode = functools.partial(vocab.encode, max_length=config.clip.text_max_length)
     samples = load_samples(
-        pairs, scenes, folder, vocab, config.clip.text_max_length, grid, preprocess, config.data.max_records
+        pairs, scenes, folder, encode, grid, preprocess, config.data.max_records, config.clip.recolor_prob > 0
     )
     eval_samples: list[ClipSample] = []
     if config.data.eval:
@@ -269,8 +197,7 @@ def train_clip(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
             eval_pairs,
             eval_pairs.parent / "scenes.jsonl",
             Path(config.data.eval_image_folder or eval_pairs.parent / "images"),
-            vocab,
-            config.clip.text_max_length,
+            encode,
             grid,
             preprocess,
             config.data.max_eval_samples,
@@ -290,6 +217,7 @@ def train_clip(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
     engine, _optimizer, scheduler = initialize(model, config, world)
     metrics = MetricsLog(out)
     rng = random.Random(f"mllm-clip/{config.seed}")
+    recolor_rng = random.Random(f"mllm-clip-recolor/{config.seed}")
     order: list[int] = []
     bar = progress_bar(config.max_steps, 0, config.progress, "clip")
     started = time.perf_counter()
@@ -299,7 +227,12 @@ def train_clip(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
             if len(order) < config.micro_batch_size:
                 order = list(range(len(samples)))
                 rng.shuffle(order)
-            batch = collate([samples[order.pop()] for _ in range(config.micro_batch_size)])
+            picked = [samples[order.pop()] for _ in range(config.micro_batch_size)]
+            if config.clip.recolor_prob > 0:
+                picked = [
+                    recolor(s, recolor_rng, config.clip.recolor_prob, preprocess, encode) for s in picked
+                ]
+            batch = collate(picked)
             result = engine(**batch, aux_weight=config.clip.aux_weight)
             engine.backward(result["loss"])
             engine.step()

@@ -40,8 +40,9 @@ def region_targets(grid: int) -> torch.Tensor:
 
 def cell_targets(scene: dict[str, Any], grid: int) -> torch.Tensor:
     """Per patch of the grid x grid: [occupied, colour, shape, size], where occupied is 1 when an object's
-    center falls in the patch and the attributes are that object's class indices (IGNORE where none is; when
-    two centers share a patch, the later object wins)."""
+    center falls in the patch and the attributes are that object's class indices (IGNORE where none is, or
+    where the object's attribute is None, as a repainted object's colour is; when two centers share a patch,
+    the later object wins)."""
     targets = torch.full((grid * grid, 1 + len(PATCH_GROUPS)), IGNORE, dtype=torch.long)
     targets[:, 0] = 0
     size = scene["image_size"]
@@ -50,7 +51,7 @@ def cell_targets(scene: dict[str, Any], grid: int) -> torch.Tensor:
         cell = min(grid - 1, y * grid // size) * grid + min(grid - 1, x * grid // size)
         targets[cell, 0] = 1
         for g, (group, labels) in enumerate(PATCH_GROUPS.items(), 1):
-            targets[cell, g] = labels.index(obj[group])
+            targets[cell, g] = IGNORE if obj[group] is None else labels.index(obj[group])
     return targets
 
 

@@ -68,6 +68,7 @@ class ClipConfig:
     text_max_length: int = 96
     projection_dim: int = 256
     aux_weight: float = 1.0  # weight of the per-cell attribute loss (0 = contrastive only)
+    recolor_prob: float = 0.0  # chance that a training object is repainted off-palette (train/clip_data.py)
     scenes: str | None = None  # scenes.jsonl for the auxiliary targets (default: next to `data.train`)
 
 
@@ -131,6 +132,10 @@ class TrainConfig:
             raise MllmError(f"{where}: fields save_every and eval_every must be 0 or more")
         if len(self.optim.betas) != 2:
             raise MllmError(f"{where}: field optim.betas: expected two numbers")
+        if not 0 <= self.clip.recolor_prob <= 1:
+            raise MllmError(
+                f"{where}: field clip.recolor_prob: must be in [0, 1], got {self.clip.recolor_prob}"
+            )
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

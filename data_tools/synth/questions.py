@@ -128,9 +128,10 @@ def where_phrase(position: str) -> str:
     return _POSITION_PHRASES[position]
 
 
-def describe_object(obj: SceneObject) -> str:
-    """'a small red star at the top left'."""
-    return f"{article(obj.size)} {obj.size} {obj.color} {obj.shape} {where_phrase(obj.position)}"
+def describe_object(obj: SceneObject, with_color: bool = True) -> str:
+    """'a small red star at the top left' ('a small star at the top left' without the colour)."""
+    color = f" {obj.color}" if with_color else ""
+    return f"{article(obj.size)} {obj.size}{color} {obj.shape} {where_phrase(obj.position)}"
 
 
 def _join(items: Sequence[str]) -> str:
@@ -139,9 +140,10 @@ def _join(items: Sequence[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def caption(scene: Scene) -> str:
-    """One sentence naming every object (size, colour, shape and position) and the background."""
-    text = _join([describe_object(o) for o in scene.objects])
+def caption(scene: Scene, uncolored: frozenset[int] = frozenset()) -> str:
+    """One sentence naming every object (size, colour, shape and position) and the background; the objects
+    whose index is in `uncolored` go without their colour (stage clip's repainted objects)."""
+    text = _join([describe_object(o, k not in uncolored) for k, o in enumerate(scene.objects)])
     return f"{text[0].upper()}{text[1:]}, on a {scene.background} background."
 
 
