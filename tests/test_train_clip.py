@@ -140,3 +140,25 @@ def test_recolor_repaints_objects_off_palette_and_drops_only_their_colour(tmp_pa
         counts = dict(zip(COUNT_KEYS, out.counts.tolist()))
         assert counts["all"] == len(sample.scene["objects"]) and all(counts[c] == 0 for c in COLORS)
         assert torch.equal(out.counts[len(COLORS) + 1 :], sample.counts[len(COLORS) + 1 :])  # shape counts
+
+
+def test_probe_reads_colour_off_a_tower_on_seen_and_held_out_pairs(tmp_path: Path) -> None:
+    """`train.probe` fits colour and shape probes on train-split patches and scores compositional objects of
+    seen and held-out pairs apart: colour is in any tower's features (even a random one's), on both kinds."""
+    from data_tools.synth.writer import SynthConfig, synthesize
+    from mllm.config import load_model_config
+    from mllm.vision import build_vision_model
+    from train.probe import probe_tower
+
+    for split, count in (("train", 48), ("compositional", 24)):
+        synthesize(
+            SynthConfig(
+                out=tmp_path / split, num_images=count, seed=0, image_size=64, split=split, progress=False
+            )
+        )
+    build_vision_model(load_model_config(TINY_MODEL).vision).save_pretrained(tmp_path / "vision")
+    result = probe_tower(tmp_path / "vision", tmp_path, Path(TINY_MODEL), 48, 24)
+    assert result["held_out_objects"] >= 24 and result["seen_objects"] > 0
+    color = result["color"]  # chance is 1/6
+    assert color["train"] > 0.9 and color["seen"] > 0.5 and color["held_out"] > 0.5, result
+    assert all(0 <= result["shape"][k] <= 1 for k in ("train", "seen", "held_out"))
