@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from mllm.errors import MllmError
-from train.release import install
+from train.evaluate import VQAItem
+from train.release import install, write_answers
 from train.text_skills import QUESTIONS_FILE, is_correct, load_questions
 
 
@@ -35,3 +36,17 @@ def test_install_copies_without_state_and_checks_size(tmp_path: Path) -> None:
     (checkpoint / "big.bin").write_bytes(b"\0" * (41 * 2**20))
     with pytest.raises(MllmError, match="over the 40 MB budget"):
         install(checkpoint, target)
+
+
+def test_answers_file_marks_each_question_as_the_score_counts_it(tmp_path: Path) -> None:
+    items = [
+        VQAItem("q1", Path("images/000001.png"), "How many circles?", "2", "count"),
+        VQAItem("q2", Path("images/000002.png"), "Where is the red star?", "top left", "position"),
+    ]
+    write_answers(tmp_path / "answers" / "test.jsonl", items, ["Two.", "top"])
+    rows = [json.loads(line) for line in (tmp_path / "answers" / "test.jsonl").read_text().splitlines()]
+    assert [(r["question_id"], r["gold"], r["answer"], r["correct"]) for r in rows] == [
+        ("q1", "2", "Two.", True),
+        ("q2", "top left", "top", False),
+    ]
+    assert rows[1]["image"] == "000002.png" and rows[1]["type"] == "position"

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,26 @@ def run_stage(config: str, overrides: list[str], log_file: Path, output_dir: Pat
     return json.loads((output_dir / "summary.json").read_text())
 
 
+def write_answers(path: Path, items: Sequence[Any], answers: Sequence[str]) -> None:
+    """One row per question (id, type, question, gold answer, the model's answer, whether they match), for
+    reading the misses."""
+    from mllm.scoring import is_match
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for item, answer in zip(items, answers):
+            row = {
+                "question_id": item.question_id,
+                "type": item.type,
+                "image": item.image.name,
+                "question": item.text,
+                "gold": item.answer,
+                "answer": answer,
+                "correct": is_match(answer, item.answer),
+            }
+            f.write(json.dumps(row) + "\n")
+
+
 def evaluate_release(checkpoint: Path, data: Path, out: Path, batch_size: int = 16) -> dict[str, Any]:
     """VQA accuracy per split and type on the default (fast, reduced-precision) inference path, the test split
     also at fp32 (the reduced precision must keep its accuracy), and the text-skills check against the base
@@ -98,11 +119,13 @@ def evaluate_release(checkpoint: Path, data: Path, out: Path, batch_size: int = 
         for split in names:
             items = load_vqa(data / split / "vqa_questions.jsonl", data / split / "vqa_answers.jsonl", None)
             started = time.perf_counter()
-            scores: dict[str, Any] = accuracy(items, assistant_answers(assistant, items, batch_size))
+            answers = assistant_answers(assistant, items, batch_size)
+            scores: dict[str, Any] = accuracy(items, answers)
             scores["questions"] = len(items)
             scores["precision"] = assistant.model.inference_precision
             key = split if precision == "auto" else f"{split}_fp32"
             results[key] = scores
+            write_answers(out / "answers" / f"{key}.jsonl", items, answers)
             log.info(
                 "VQA %s (%d questions, %.0f s): %s",
                 key,
