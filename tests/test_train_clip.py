@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.train_support import TINY_MODEL, make_data, run_training, write_config
@@ -52,7 +53,8 @@ def test_region_targets_match_the_world_position_of_a_center_in_the_patch() -> N
                 assert REGIONS[regions[row * grid + col]] == position_of(center, size), (grid, row, col)
 
 
-def test_clip_stage_saves_a_vision_tower_the_model_loads(tmp_path: Path) -> None:
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_clip_stage_saves_a_vision_tower_the_model_loads(tmp_path: Path, precision: str) -> None:
     from mllm.config import load_model_config
     from mllm.model import MultimodalModel
 
@@ -78,6 +80,7 @@ def test_clip_stage_saves_a_vision_tower_the_model_loads(tmp_path: Path) -> None
         micro_batch_size=8,
         max_steps=3,
         eval_every=0,
+        precision=precision,
     )
     result = run_training(config)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -108,7 +108,7 @@ def evaluate_clip(
     right: dict[str, int] = dict.fromkeys(PATCH_GROUPS, 0)
     occupied = exact = patches = counts_ok = counts_total = regions_ok = 0
     for start in range(0, len(samples) - batch_size + 1, batch_size):
-        batch = collate(samples[start : start + batch_size])
+        batch = collate(samples[start : start + batch_size], next(model.parameters()).dtype)
         out = model(**batch, aux_weight=aux_weight)
         hits += int((out["logits"].argmax(1) == torch.arange(batch_size)).sum())
         total += batch_size
@@ -215,6 +215,7 @@ def train_clip(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
         len(eval_samples),
     )
     engine, _optimizer, scheduler = initialize(model, config, world)
+    dtype = next(model.parameters()).dtype  # bf16 when the engine trains in bf16 (`precision: bf16`)
     metrics = MetricsLog(out)
     rng = random.Random(f"mllm-clip/{config.seed}")
     recolor_rng = random.Random(f"mllm-clip-recolor/{config.seed}")
@@ -232,7 +233,7 @@ def train_clip(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
                 picked = [
                     recolor(s, recolor_rng, config.clip.recolor_prob, preprocess, encode) for s in picked
                 ]
-            batch = collate(picked)
+            batch = collate(picked, dtype)
             result = engine(**batch, aux_weight=config.clip.aux_weight)
             engine.backward(result["loss"])
             engine.step()

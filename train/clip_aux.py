@@ -109,7 +109,7 @@ class ClipWithAux(nn.Module):
         occupied = patch_logits.pop("occupied").squeeze(-1)
         region_logits = patch_logits.pop("region")
         regions = region_targets(math.isqrt(patches.shape[1])).to(patches.device)
-        aux = nn.functional.binary_cross_entropy_with_logits(occupied, cells[..., 0].float())
+        aux = nn.functional.binary_cross_entropy_with_logits(occupied, cells[..., 0].to(occupied.dtype))
         aux = aux + cross_entropy(region_logits.flatten(0, 1), regions.repeat(patches.shape[0]))
         for g, logits in enumerate(patch_logits.values(), 1):
             aux = aux + cross_entropy(logits.flatten(0, 1), cells[..., g].flatten(), ignore_index=IGNORE)

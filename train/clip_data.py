@@ -139,7 +139,8 @@ def recolor(
     )
 
 
-def collate(samples: list[ClipSample]) -> dict[str, torch.Tensor]:
+def collate(samples: list[ClipSample], dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """A batch for ClipWithAux: captions padded with EOS_ID, pixels in `dtype` (the towers' own)."""
     width = max(len(s.tokens) for s in samples)
     input_ids = torch.full((len(samples), width), EOS_ID, dtype=torch.long)
     attention_mask = torch.zeros((len(samples), width), dtype=torch.long)
@@ -149,7 +150,7 @@ def collate(samples: list[ClipSample]) -> dict[str, torch.Tensor]:
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
-        "pixel_values": torch.stack([s.image for s in samples]),
+        "pixel_values": torch.stack([s.image for s in samples]).to(dtype),
         "cells": torch.stack([s.cells for s in samples]),
         "counts": torch.stack([s.counts for s in samples]),
         "background": torch.tensor([s.background for s in samples]),
