@@ -35,9 +35,6 @@ DATA_SPLITS = (
     ("compositional", "compositional", 2, 200, "train"),
     ("paraphrase", "test", 1, 200, "heldout"),
 )
-# The training split asks position and count questions twice as often and size half as often as the others:
-# the first two are what the model got wrong most (80% and 82% at equal weights), size it already answers (98%).
-TRAIN_TURN_WEIGHTS = {"position": 2.0, "count": 2.0, "size": 0.5}
 
 
 def synth_data(out: Path, image_size: int, scale: float) -> None:
@@ -54,7 +51,6 @@ def synth_data(out: Path, image_size: int, scale: float) -> None:
                 image_size=image_size,
                 split=split,
                 phrasing=phrasing,
-                turn_weights=TRAIN_TURN_WEIGHTS if folder == "train" else {},
                 overwrite=True,
                 progress=False,
             )
