@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ def load_samples(
     pairs: Path,
     scenes: Path,
     image_folder: Path,
-    encode: Any,
+    encode: Callable[[str], list[int]],
     grid: int,
     preprocess: ImagePreprocessor,
     limit: int | None = None,
@@ -103,7 +104,7 @@ def recolor(
     rng: random.Random,
     prob: float,
     preprocess: ImagePreprocessor,
-    encode: Any,
+    encode: Callable[[str], list[int]],
 ) -> ClipSample:
     """`sample` with each object repainted, with probability `prob`, in an off-palette colour (see the module
     docstring), repainted in its pixels as read (where every object pixel has its colour exactly) and then
