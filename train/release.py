@@ -20,9 +20,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mllm.errors import MllmError
+
+if TYPE_CHECKING:  # train.evaluate pulls in torch and the model code; the recipe imports it when it evaluates
+    from train.evaluate import VQAItem
 
 log = logging.getLogger("train.release")
 REPO = Path(__file__).resolve().parent.parent
@@ -80,7 +83,7 @@ def run_stage(config: str, overrides: list[str], log_file: Path, output_dir: Pat
     return json.loads((output_dir / "summary.json").read_text())
 
 
-def write_answers(path: Path, items: Sequence[Any], answers: Sequence[str]) -> None:
+def write_answers(path: Path, items: Sequence[VQAItem], answers: Sequence[str]) -> None:
     """One row per question (id, type, question, gold answer, the model's answer, whether they match), for
     reading the misses."""
     from mllm.scoring import is_match
