@@ -49,9 +49,15 @@ class Comparison:
 
 
 def alternate(
-    name: str, candidate: Callable[[], Any], reference: Callable[[], Any], repeats: int = 3, warmup: int = 1
+    name: str,
+    candidate: Callable[[], Any],
+    reference: Callable[[], Any],
+    repeats: int = 3,
+    warmup: int = 1,
+    between: Callable[[], Any] | None = None,
 ) -> Comparison:
-    """Time `candidate` and `reference` in alternation (ABAB...), after `warmup` untimed runs of each."""
+    """Time `candidate` and `reference` in alternation (ABAB...), after `warmup` untimed runs of each; `between`
+    runs untimed after each pair (a measurement to be taken under the same conditions as the timed runs)."""
     for _ in range(warmup):
         candidate()
         reference()
@@ -61,6 +67,8 @@ def alternate(
             start = time.perf_counter()
             fn()
             bucket.append(time.perf_counter() - start)
+        if between is not None:
+            between()
     return result
 
 

@@ -1,6 +1,6 @@
 """The fast decode path: prefill the merged embeddings once, then one step per token on the KV cache (the lean
-static-cache step of mllm.llama_step for Llama-architecture LLMs, else one LLM forward), with no generate()
-machinery, no streamer thread and text streamed from the tokens as they come.
+static-cache prefill and step of mllm.llama_step for Llama-architecture LLMs, else the LLM's forward on a
+DynamicCache), with no generate() machinery, no streamer thread and text streamed from the tokens as they come.
 
 Greedy output is identical to transformers' generate on the same model (tested); sampling reuses transformers'
 temperature and top-p warpers.
@@ -15,9 +15,9 @@ import torch
 from transformers import DynamicCache, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
 from mllm.generation import GenerationStats, cut_at_stop, held_back
-from mllm.llama_step import stepper_for
+from mllm.llama_step import LlamaStepper, stepper_for
 from mllm.model import MultimodalModel
-from mllm.prefix_cache import PrefixCache, prompt_key
+from mllm.prefix_cache import Key, PrefixCache, prompt_key
 
 
 def _warpers(temperature: float, top_p: float) -> LogitsProcessorList:
@@ -52,23 +52,15 @@ def decode_tokens(
     warpers = _warpers(temperature, top_p)
     inputs_embeds = model.embed(input_ids, pixel_values)
     length = inputs_embeds.shape[1]
-    cache, reused = None, 0
+    key = None
     if prefix_cache is not None:
         key = prompt_key(input_ids, pixel_values, model.image_token_id, model.num_image_tokens)
-        cache, reused = prefix_cache.lookup(key, llm.config)
-    if cache is None:
-        cache = DynamicCache(config=llm.config)
-    out = llm(
-        inputs_embeds=inputs_embeds[:, reused:],
-        past_key_values=cache,
-        use_cache=True,
-        position_ids=torch.arange(reused, length, device=inputs_embeds.device)[None],
-        logits_to_keep=1,
-    )
-    if prefix_cache is not None:
-        prefix_cache.store(key, cache)
-    logits = out.logits[:, -1, :]
-    stepper = None
+    stepper = stepper_for(llm, length + max_new_tokens)
+    cache = None
+    if stepper is not None:
+        logits = _lean_prefill(stepper, inputs_embeds, prefix_cache, key)
+    else:
+        logits, cache = _prefill(llm, inputs_embeds, prefix_cache, key)
     generated = input_ids.to(model.device)
     for step in range(max_new_tokens):
         logits = logits.float()
@@ -87,11 +79,6 @@ def decode_tokens(
             return
         if temperature > 0 and warpers:
             generated = torch.cat([generated, token], dim=1)
-        if step == 0:  # the static cache is built after the first token is out: not part of its latency
-            stepper = stepper_for(llm, length + max_new_tokens)
-            if stepper is not None:
-                stepper.start(cache)
-                del cache
         if stepper is not None:
             logits = stepper.step(token)
             continue
@@ -101,6 +88,42 @@ def decode_tokens(
             input_ids=token, past_key_values=cache, use_cache=True, position_ids=position, logits_to_keep=1
         )
         logits = out.logits[:, -1, :]
+
+
+def _lean_prefill(
+    stepper: LlamaStepper, inputs_embeds: torch.Tensor, prefix_cache: PrefixCache | None, key: Key | None
+) -> torch.Tensor:
+    """The prompt into the stepper's static cache (after the longest cached prefix); last position's logits."""
+    if prefix_cache is not None and key is not None:
+        layers, _length = prefix_cache.lookup_layers(key)
+        if layers is not None:
+            stepper.take_prefix(layers)
+    logits = stepper.prefill(inputs_embeds[:, stepper.length :])
+    if prefix_cache is not None and key is not None:
+        prefix_cache.store(key, stepper.prefix())
+    return logits
+
+
+def _prefill(
+    llm: torch.nn.Module, inputs_embeds: torch.Tensor, prefix_cache: PrefixCache | None, key: Key | None
+) -> tuple[torch.Tensor, DynamicCache]:
+    """The prompt through the LLM's own forward on a DynamicCache (after the longest cached prefix): the last
+    position's logits and the cache."""
+    cache, reused = None, 0
+    if prefix_cache is not None and key is not None:
+        cache, reused = prefix_cache.lookup(key, llm.config)
+    if cache is None:
+        cache = DynamicCache(config=llm.config)
+    out = llm(
+        inputs_embeds=inputs_embeds[:, reused:],
+        past_key_values=cache,
+        use_cache=True,
+        position_ids=torch.arange(reused, inputs_embeds.shape[1], device=inputs_embeds.device)[None],
+        logits_to_keep=1,
+    )
+    if prefix_cache is not None and key is not None:
+        prefix_cache.store(key, [(layer.keys, layer.values) for layer in cache.layers])
+    return out.logits[:, -1, :], cache
 
 
 def decode_text(

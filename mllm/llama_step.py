@@ -6,16 +6,19 @@ weights take about 14 ms to read for SmolLM2-135M, and every op call costs micro
 benchmark machine this loop decodes a token in 19-21 ms, the same loop through the layers' modules took
 24-27 ms, and transformers' forward on a DynamicCache takes about 28 ms.
 
-The prompt is still prefilled by the model's own forward (images merged into the embeddings); its KV cache is
-then copied into the static one. Each step does the same arithmetic as transformers' LlamaDecoderLayer
-(RMSNorm, rotary tables computed once by the model's own rotary embedding for all positions, SDPA), so greedy
-output is the same token for token (tested). Architectures are picked by `model_type` from a registry;
-others keep the generic loop in mllm.decoding.
+The prompt (images already merged into its embeddings) is prefilled by the same loop over all its new positions
+at once, straight into the static cache, after the cached prefix a new chat shares (mllm.prefix_cache) is
+copied in: the first token comes 5-6% sooner than through transformers' forward on a DynamicCache (mask
+building, per-layer cache concatenation, module calls). Each step does the same arithmetic as transformers'
+LlamaDecoderLayer (RMSNorm, rotary tables computed once by the model's own rotary embedding for all positions,
+SDPA), so prefill logits are bit for bit those of the model's forward and greedy output is the same token for
+token (tested). Architectures are picked by `model_type` from a registry; others keep the generic loop in
+mllm.decoding.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -94,7 +97,8 @@ class _Layer:
 
 
 class LlamaStepper:
-    """Decodes one token at a time for one sequence after `start` has taken the prefill's cache."""
+    """One sequence on a static KV cache: `take_prefix` copies in cached prompt positions, `prefill` computes
+    the rest of the prompt, then `step` decodes one token at a time."""
 
     def __init__(self, llm: PreTrainedModel, max_length: int) -> None:
         config = llm.config
@@ -110,8 +114,9 @@ class LlamaStepper:
         positions = torch.arange(max_length, device=device)[None]
         cos, sin = llm.model.rotary_emb(probe, positions)  # [1, max_length, head_dim], as the model computes
         half = self.head_dim // 2
-        # rotate_half(x) * sin == x[..., swap] * signed_sin exactly: the halves swapped, the sign on the table
-        self.swap = torch.cat((torch.arange(half, self.head_dim), torch.arange(half))).to(device)
+        # rotate_half(x) * sin == x.roll(half, -1) * signed_sin exactly: the halves swapped (roll is several times
+        # faster than gathering them), the sign on the table
+        self.half = half
         self.cos, self.signed_sin = cos[0], torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1)
         shape = (len(layers), 1, self.kv_heads, max_length, self.head_dim)
         self.keys = torch.empty(shape, device=device, dtype=dtype)  # only positions < length are ever read
@@ -124,23 +129,74 @@ class LlamaStepper:
         self.length = 0
 
     def start(self, cache: DynamicCache) -> None:
-        """Take over the prefill's cache (every layer holds [1, kv_heads, T, head_dim])."""
-        for index, layer in enumerate(cache.layers):
-            length = layer.keys.shape[2]
-            if length > self.max_length:
-                raise ValueError(
-                    f"prompt of {length} tokens is longer than the static cache ({self.max_length})"
-                )
-            self.keys[index, :, :, :length] = layer.keys
-            self.values[index, :, :, :length] = layer.values
+        """Take over a prefill's cache (every layer holds [1, kv_heads, T, head_dim])."""
+        self.take_prefix([(layer.keys, layer.values) for layer in cache.layers])
+
+    def take_prefix(self, layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Copy a prompt prefix's keys and values (per layer [1, kv_heads, T, head_dim]) into the static cache:
+        the next position computed is T."""
+        length = layers[0][0].shape[2] if layers else 0
+        self._check_room(length)
+        for index, (keys, values) in enumerate(layers):
+            self.keys[index, :, :, :length] = keys
+            self.values[index, :, :, :length] = values
         self.length = length
+
+    def prefix(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Copies of the keys and values of the positions computed so far, per layer [1, kv_heads, T, head_dim]
+        (copies: the static cache is written on, and a view would keep all of it alive)."""
+        end = self.length
+        return [(layer.keys[:, :, :end].clone(), layer.values[:, :, :end].clone()) for layer in self.layers]
+
+    def _check_room(self, length: int) -> None:
+        if length > self.max_length:
+            raise ValueError(f"prompt of {length} tokens is longer than the static cache ({self.max_length})")
+
+    def prefill(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """Logits [1, vocab] after the prompt embeddings [1, T, D], which go in at the next T positions."""
+        start, count = self.length, inputs_embeds.shape[1]
+        end = start + count
+        self._check_room(end)
+        cos, sin, half = self.cos[start:end], self.signed_sin[start:end], self.half
+        heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
+        gqa = heads != kv_heads
+        norm = self.norm
+        # position start + i sees the cached prefix, the new positions before it and itself; from an empty cache
+        # that is SDPA's is_causal, as transformers passes it (its kernel then differs in the last bits)
+        mask = (
+            None
+            if start == 0
+            else torch.ones(count, end, dtype=torch.bool, device=inputs_embeds.device).tril(start)
+        )
+        hidden = inputs_embeds[0]  # [T, D]
+        for layer in self.layers:
+            normed = norm(hidden, *layer.input_norm)
+            q = layer.q(normed).view(count, heads, head_dim).transpose(0, 1)
+            k = layer.k(normed).view(count, kv_heads, head_dim).transpose(0, 1)
+            q = q * cos + q.roll(half, -1) * sin
+            layer.keys[0, :, start:end] = k * cos + k.roll(half, -1) * sin
+            layer.values[0, :, start:end] = layer.v(normed).view(count, kv_heads, head_dim).transpose(0, 1)
+            out = F.scaled_dot_product_attention(
+                q[None],
+                layer.keys[:, :, :end],
+                layer.values[:, :, :end],
+                attn_mask=mask,
+                is_causal=mask is None and count > 1,
+                scale=self.scaling,
+                enable_gqa=gqa,
+            )
+            hidden = hidden + layer.o(out[0].transpose(0, 1).reshape(count, heads * head_dim))
+            normed = norm(hidden, *layer.post_norm)
+            hidden = hidden + layer.down(layer.act(layer.gate(normed)) * layer.up(normed))
+        self.length = end
+        return self.head(norm(hidden[-1:], *self.final_norm))
 
     def step(self, token: torch.Tensor) -> torch.Tensor:
         """Logits [1, vocab] of the token after `token` ([1, 1] id), which goes in at the next position."""
         position = self.length
         if position >= self.max_length:
             raise ValueError(f"the static cache holds {self.max_length} tokens")
-        cos, sin, swap = self.cos[position], self.signed_sin[position], self.swap
+        cos, sin, half = self.cos[position], self.signed_sin[position], self.half
         heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
         gqa = heads != kv_heads
         end = position + 1
@@ -151,8 +207,8 @@ class LlamaStepper:
             normed = norm(hidden, *layer.input_norm)
             q = layer.q(normed).view(1, heads, 1, head_dim)
             k = layer.k(normed).view(kv_heads, head_dim)
-            q = q * cos + q.index_select(-1, swap) * sin
-            layer.keys[0, :, position] = k * cos + k.index_select(-1, swap) * sin
+            q = q * cos + q.roll(half, -1) * sin
+            layer.keys[0, :, position] = k * cos + k.roll(half, -1) * sin
             layer.values[0, :, position] = layer.v(normed).view(kv_heads, head_dim)
             out = F.scaled_dot_product_attention(
                 q, layer.keys[:, :, :end], layer.values[:, :, :end], scale=self.scaling, enable_gqa=gqa

@@ -5,7 +5,8 @@ new. On a CPU, prefill is most of the time to first token.
 A prompt is keyed token by token: text tokens by their id, image tokens by a digest of the image's pixels and
 the patch index, so the same words with another picture never match past the image. Entries are evicted
 oldest first once the cached tokens pass `max_tokens`. Thread-safe; cached tensors are never written to
-(a DynamicCache grows by concatenation, which makes new tensors).
+(a DynamicCache grows by concatenation, which makes new tensors; the lean prefill of mllm.llama_step stores
+copies of its static cache).
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import torch
 from transformers import DynamicCache
 
 Key = tuple[int, ...]
+Layer = tuple[torch.Tensor, torch.Tensor]  # one layer's keys and values [1, kv_heads, T, head_dim]
 
 
 def prompt_key(
@@ -57,14 +60,15 @@ class PrefixCache:
     def __init__(self, max_tokens: int = 2048, min_reuse: int = 8) -> None:
         self.max_tokens = max_tokens
         self.min_reuse = min_reuse
-        self.entries: OrderedDict[Key, list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+        self.entries: OrderedDict[Key, list[Layer]] = OrderedDict()
         self.lock = threading.Lock()
         self.hits = 0
         self.reused_tokens = 0
 
-    def lookup(self, key: Key, config: object) -> tuple[DynamicCache | None, int]:
-        """A cache holding the longest stored prefix of `key` (at most len(key) - 1 tokens, so the last prompt
-        token is always computed) and its length; (None, 0) when no prefix of `min_reuse` tokens is stored."""
+    def lookup_layers(self, key: Key) -> tuple[list[Layer] | None, int]:
+        """The keys and values (per layer [1, kv_heads, n, head_dim]; views, never to be written) of the longest
+        stored prefix of `key` (at most len(key) - 1 tokens, so the last prompt token is always computed) and
+        its length n; (None, 0) when no prefix of `min_reuse` tokens is stored."""
         with self.lock:
             best, length = None, 0
             for stored in self.entries:
@@ -77,18 +81,26 @@ class PrefixCache:
             layers = self.entries[best]
             self.hits += 1
             self.reused_tokens += length
+        return [(keys[:, :, :length], values[:, :, :length]) for keys, values in layers], length
+
+    def lookup(self, key: Key, config: object) -> tuple[DynamicCache | None, int]:
+        """As lookup_layers, the prefix as a DynamicCache of the LLM with `config`."""
+        layers, length = self.lookup_layers(key)
+        if layers is None:
+            return None, 0
         cache = DynamicCache(config=config)
         for index, (keys, values) in enumerate(layers):
-            cache.update(keys[:, :, :length], values[:, :, :length], index)
+            cache.update(keys, values, index)
         return cache, length
 
-    def store(self, key: Key, cache: DynamicCache) -> None:
-        """Keep the prompt's cache (its first len(key) positions), evicting the oldest entries over budget."""
+    def store(self, key: Key, layers: Sequence[Layer]) -> None:
+        """Keep the prompt's keys and values (per layer, at least its first len(key) positions; never written on
+        afterwards), evicting the oldest entries over budget."""
         if len(key) > self.max_tokens:
             return
-        layers = [(layer.keys[:, :, : len(key)], layer.values[:, :, : len(key)]) for layer in cache.layers]
+        kept = [(keys[:, :, : len(key)], values[:, :, : len(key)]) for keys, values in layers]
         with self.lock:
-            self.entries[key] = layers
+            self.entries[key] = kept
             self.entries.move_to_end(key)
             while sum(len(k) for k in self.entries) > self.max_tokens:
                 self.entries.popitem(last=False)

@@ -142,3 +142,39 @@ def test_lean_step_computes_what_the_model_forward_computes(tiny_config_path, pr
             token = plain.argmax(-1, keepdim=True)
         with pytest.raises(ValueError, match="static cache holds"):
             stepper.step(token)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_lean_prefill_computes_what_the_model_forward_computes(tiny_config_path, precision):
+    """The lean prefill (all new prompt positions at once, into the static cache) gives bit for bit the logits
+    and the keys/values of the LLM's own forward, from an empty cache and after a prefix copied in."""
+    from transformers import DynamicCache
+
+    from mllm.llama_step import stepper_for
+    from mllm.quantize import apply_precision
+
+    model = apply_precision(merge_for_inference(build(tiny_config_path)), precision)
+    llm = model.llm
+    ids = model.tokenizer("The shapes are red, green and blue squares", return_tensors="pt").input_ids
+    split = ids.shape[1] // 2
+    with torch.inference_mode():
+        embeds = llm.get_input_embeddings()(ids)
+        cache = DynamicCache(config=llm.config)
+        plain = llm(inputs_embeds=embeds, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[
+            :, -1
+        ]
+        scratch = stepper_for(llm, ids.shape[1] + 4)
+        assert scratch is not None
+        assert torch.equal(scratch.prefill(embeds), plain)
+        for (keys, values), layer in zip(scratch.prefix(), cache.layers, strict=True):
+            assert torch.equal(keys, layer.keys) and torch.equal(values, layer.values)
+        prefix = DynamicCache(config=llm.config)
+        llm(inputs_embeds=embeds[:, :split], past_key_values=prefix, use_cache=True)
+        resumed = stepper_for(llm, ids.shape[1] + 4)
+        resumed.start(prefix)
+        assert resumed.length == split
+        assert torch.equal(resumed.prefill(embeds[:, split:]), plain), f"logits differ ({precision})"
+        token = plain.argmax(-1, keepdim=True)
+        assert torch.equal(resumed.step(token), scratch.step(token))
+        with pytest.raises(ValueError, match="longer than the static cache"):
+            resumed.prefill(embeds)
