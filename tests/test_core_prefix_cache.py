@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import torch
 from PIL import Image
-from serve_support import lively_assistant
+from serve_support import TINY_CONFIG, lively_assistant
 
+from mllm.assistant import Assistant
+from mllm.config import load_model_config
 from mllm.decoding import decode_tokens
+from mllm.llama_step import stepper_for
+from mllm.model import MultimodalModel
 from mllm.prefix_cache import PrefixCache, prompt_key
 
 RED = Image.new("RGB", (40, 40), (220, 20, 20))
@@ -72,3 +76,18 @@ def test_the_assistant_reuses_the_system_prompt_across_chats() -> None:
         assistant.chat([{"role": "user", "content": question}], max_new_tokens=3)
     assert assistant.prefix_cache.hits == before + 1
     assert torch.is_grad_enabled()
+
+
+def test_the_generic_path_reuses_prefixes_too() -> None:
+    """An LLM the lean Llama stepper does not take (here: LoRA adapters left unmerged) prefills through its own
+    forward on a DynamicCache, with the same prefix reuse."""
+    config = load_model_config(TINY_CONFIG)
+    config.lora.enabled = True
+    assistant = Assistant(MultimodalModel.build(config), fast=False)
+    assert stepper_for(assistant.model.llm, 8) is None
+    cache = PrefixCache(min_reuse=1)
+    first = [{"role": "user", "content": "<image>\nWhat is in the picture?"}]
+    _cached(assistant, first, [RED], cache)
+    second = [{"role": "user", "content": "<image>\nWhat colour is it?"}]
+    assert _cached(assistant, second, [RED], cache) == _scratch(assistant, second, [RED])
+    assert cache.hits == 1 and cache.reused_tokens > assistant.model.num_image_tokens
