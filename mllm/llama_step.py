@@ -8,8 +8,9 @@ benchmark machine this loop decodes a token in 19-21 ms, the same loop through t
 
 The prompt (images already merged into its embeddings) is prefilled by the same loop over all its new positions
 at once, straight into the static cache, after the cached prefix a new chat shares (mllm.prefix_cache) is
-copied in: the first token comes 5-6% sooner than through transformers' forward on a DynamicCache (mask
-building, per-layer cache concatenation, module calls). Each step does the same arithmetic as transformers'
+copied in: on the 2-core benchmark machine the first token comes about 9% sooner than through transformers'
+forward on a DynamicCache (96.7 vs 105.9 ms, median of 31 alternating runs; no mask building, no per-layer
+cache concatenation, no module calls). Each step does the same arithmetic as transformers'
 LlamaDecoderLayer (RMSNorm, rotary tables computed once by the model's own rotary embedding for all positions,
 SDPA), so prefill logits are bit for bit those of the model's forward and greedy output is the same token for
 token (tested). Architectures are picked by `model_type` from a registry; others keep the generic loop in
