@@ -17,7 +17,7 @@ from transformers import DynamicCache, LogitsProcessorList, TemperatureLogitsWar
 from mllm.generation import GenerationStats, cut_at_stop, held_back
 from mllm.llama_step import LlamaStepper, stepper_for
 from mllm.model import MultimodalModel
-from mllm.prefix_cache import Key, PrefixCache, prompt_key
+from mllm.prefix_cache import Key, PrefixCache, cache_layers, prompt_key
 
 
 def _warpers(temperature: float, top_p: float) -> LogitsProcessorList:
@@ -122,7 +122,7 @@ def _prefill(
         logits_to_keep=1,
     )
     if prefix_cache is not None and key is not None:
-        prefix_cache.store(key, [(layer.keys, layer.values) for layer in cache.layers])
+        prefix_cache.store(key, cache_layers(cache))
     return out.logits[:, -1, :], cache
 
 

@@ -26,8 +26,9 @@ import torch
 from torch import nn
 from torch.ao.nn.quantized import dynamic as quantized_dynamic
 from torch.nn import functional as F
-from transformers import DynamicCache, LlamaForCausalLM, PreTrainedModel
+from transformers import LlamaForCausalLM, PreTrainedModel
 
+from mllm.prefix_cache import Layer
 from mllm.registry import Registry
 
 STEPPERS: Registry[type[LlamaStepper]] = Registry("fast decode step")
@@ -129,11 +130,7 @@ class LlamaStepper:
         self.norm = rms_norm_fp32 if dtype == torch.float32 else rms_norm
         self.length = 0
 
-    def start(self, cache: DynamicCache) -> None:
-        """Take over a prefill's cache (every layer holds [1, kv_heads, T, head_dim])."""
-        self.take_prefix([(layer.keys, layer.values) for layer in cache.layers])
-
-    def take_prefix(self, layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def take_prefix(self, layers: Sequence[Layer]) -> None:
         """Copy a prompt prefix's keys and values (per layer [1, kv_heads, T, head_dim]) into the static cache:
         the next position computed is T."""
         length = layers[0][0].shape[2] if layers else 0
@@ -143,7 +140,7 @@ class LlamaStepper:
             self.values[index, :, :, :length] = values
         self.length = length
 
-    def prefix(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def prefix(self) -> list[Layer]:
         """Copies of the keys and values of the positions computed so far, per layer [1, kv_heads, T, head_dim]
         (copies: the static cache is written on, and a view would keep all of it alive)."""
         end = self.length

@@ -46,6 +46,11 @@ def prompt_key(
     return tuple(key)
 
 
+def cache_layers(cache: DynamicCache) -> list[Layer]:
+    """A DynamicCache's keys and values, per layer."""
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
 def _common_length(a: Key, b: Key) -> int:
     n = min(len(a), len(b))
     for i in range(n):

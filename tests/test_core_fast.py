@@ -12,6 +12,7 @@ from PIL import Image
 from mllm.assistant import Assistant, merge_for_inference
 from mllm.config import load_model_config
 from mllm.model import MultimodalModel
+from mllm.prefix_cache import cache_layers
 
 MESSAGES = [{"role": "user", "content": "Describe the picture in detail."}]
 
@@ -129,7 +130,7 @@ def test_lean_step_computes_what_the_model_forward_computes(tiny_config_path, pr
         token = llm(input_ids=ids, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
         stepper = stepper_for(llm, ids.shape[1] + 8)
         assert stepper is not None
-        stepper.start(cache)  # a copy: the model's own forward goes on with `cache`
+        stepper.take_prefix(cache_layers(cache))  # a copy: the model's own forward goes on with `cache`
         for position in range(ids.shape[1], ids.shape[1] + 8):
             lean = stepper.step(token)
             plain = llm(
@@ -171,7 +172,7 @@ def test_lean_prefill_computes_what_the_model_forward_computes(tiny_config_path,
         prefix = DynamicCache(config=llm.config)
         llm(inputs_embeds=embeds[:, :split], past_key_values=prefix, use_cache=True)
         resumed = stepper_for(llm, ids.shape[1] + 4)
-        resumed.start(prefix)
+        resumed.take_prefix(cache_layers(prefix))
         assert resumed.length == split
         assert torch.equal(resumed.prefill(embeds[:, split:]), plain), f"logits differ ({precision})"
         token = plain.argmax(-1, keepdim=True)
