@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from data_tools.synth import general
 from data_tools.synth import questions as questions_module
 from data_tools.synth.world import COLORS, HELD_OUT_PAIRS, SHAPES
 from data_tools.synth.writer import SynthConfig, synthesize
@@ -225,6 +226,37 @@ def test_text_only_records_are_about_ten_percent_and_correct(train: Path) -> Non
             if m := re.fullmatch(r"What is (\d+) times (\d+)\?", human["value"]):
                 assert gpt["value"].endswith(f" is {int(m[1]) * int(m[2])}.")
     assert arithmetic > 0
+
+
+NUMBER_WORDS = {"four", "seven", "twenty-four"}
+
+
+def test_text_chats_do_not_teach_the_text_skills_check() -> None:
+    """No fixed question of the text-only chats is a question of train/text_skills.json, and none names one of
+    its non-numeric answer words: the check must measure what the model kept, not what it was taught."""
+    check = json.loads((Path(__file__).parents[1] / "train" / "text_skills.json").read_text())
+    asked = {q["question"].lower() for q in check["questions"]}
+    words = {
+        w.lower()
+        for q in check["questions"]
+        for w in q["accept"]
+        if not any(c.isdigit() for c in w) and w.lower() not in NUMBER_WORDS
+    }
+    assert {"paris", "shakespeare", "egypt", "nile"} <= words
+    tables = {"FACTS": general.FACTS, "WORLD": general.WORLD}
+    tables["CAPITALS"] = tuple(
+        (f"What is the capital of {c}?", f"{c} {city}") for c, city in general.CAPITALS
+    )
+    tables["OPPOSITES"] = tuple((f"opposite of {a}", f"{a} {b}") for a, b in general.OPPOSITES)
+    leaks = [
+        (name, question, word)
+        for name, table in tables.items()
+        for question, answer in table
+        for word in words
+        if re.search(rf"\b{re.escape(word)}\b", f"{question} {answer}", re.IGNORECASE)
+    ]
+    assert not leaks
+    assert not asked & {q.lower() for table in tables.values() for q, _ in table}
 
 
 def test_outputs_validate_and_have_the_documented_shape(train: Path) -> None:
