@@ -1,4 +1,4 @@
-"""`mllm data ...` subcommands: validate, stats, convert (captions | vqa) and synth.
+"""`mllm data ...` subcommands: validate, stats, convert (captions | vqa), synth and distill-text.
 
 `register(subparsers)` adds the `data` parser to the front door (serve/cli.py). Module-level imports stay light;
 each command imports what it needs when it runs. Results go to stdout or the named files, progress to stderr.
@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from data_tools.llava import SHORT_ANSWER_SUFFIX
+from mllm.errors import MllmError
 from mllm.limits import DEFAULT_MAX_PIXELS
 
 _FORMATTER = argparse.RawDescriptionHelpFormatter  # keeps the epilog's example lines as written
@@ -108,6 +109,38 @@ def _synth(args: argparse.Namespace) -> int:
         f"records ({summary.text_records} text-only), {summary.vqa_questions} VQA questions "
         f"({args.phrasing} phrasing) in {summary.seconds:.1f} s "
         f"({summary.images / max(summary.seconds, 1e-9):.0f} images/s)"
+    )
+    return 0
+
+
+def _distill_text(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from data_tools.distill import distill_text_records
+    from mllm.assistant import load
+
+    source = Path(args.file)
+    try:
+        records = json.loads(source.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MllmError(f"{source}: {exc}") from None
+    if not isinstance(records, list):
+        raise MllmError(f"{source}: expected a JSON list of records")
+    assistant = load(args.model)
+    total = sum(len(r.get("conversations", [])) // 2 for r in records if "image" not in r)
+    with tqdm(total=total, file=sys.stderr, unit="answer", desc="distill") as bar:
+        out, summary = distill_text_records(
+            records, assistant, args.max_new_tokens, args.batch_size, progress=bar.update
+        )
+    text = ",\n".join(json.dumps(r, ensure_ascii=False) for r in out)
+    Path(args.out).write_text(f"[\n{text}\n]\n", encoding="utf-8")
+    print(
+        f"wrote {summary.records} records to {args.out}: {summary.turns} answers of {summary.text_records} "
+        f"text-only records by {args.model} ({summary.cut} cut to their last sentence, "
+        f"{summary.dropped_turns} turns and {summary.dropped_records} records dropped)"
     )
     return 0
 
@@ -283,6 +316,29 @@ def _add_synth(sub: Any) -> None:
     p.set_defaults(func=_synth)
 
 
+def _add_distill_text(sub: Any) -> None:
+    p = sub.add_parser(
+        "distill-text",
+        formatter_class=_FORMATTER,
+        help="answer the text-only chats of an instruction file with a (base) model",
+        description=_wrap(
+            "Replace the answers of every text-only record with the model's own greedy answers, turn by "
+            "turn, so training on them keeps the model's text answers instead of teaching new ones. Records "
+            "with images are copied unchanged."
+        ),
+        epilog="Example:\n  mllm data distill-text data/instruct.json --model configs/model/smollm2.yaml "
+        "--out data/instruct.distilled.json",
+    )
+    p.add_argument("file", help="LLaVA instruction data: a JSON list")
+    p.add_argument(
+        "--model", required=True, help="the answering model: a model YAML, checkpoint or `default`"
+    )
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="longest answer in tokens (default 64)")
+    p.add_argument("--batch-size", type=int, default=16, help="answers generated together (default 16)")
+    p.set_defaults(func=_distill_text)
+
+
 def register(subparsers: Any) -> None:
     """Add `data` with its subcommands to the front door's subparsers."""
     data = subparsers.add_parser(
@@ -300,3 +356,4 @@ def register(subparsers: Any) -> None:
     _add_stats(sub)
     _add_convert(sub)
     _add_synth(sub)
+    _add_distill_text(sub)

@@ -30,6 +30,7 @@ def _run(argv: list[str]) -> int:
         ["data", "convert", "captions"],
         ["data", "convert", "vqa"],
         ["data", "synth"],
+        ["data", "distill-text"],
     ],
 )
 def test_every_command_has_help_with_an_example(
