@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Any
 
 from data_tools.llava import SHORT_ANSWER_SUFFIX
-from mllm.errors import MllmError
 from mllm.limits import DEFAULT_MAX_PIXELS
 
 _FORMATTER = argparse.RawDescriptionHelpFormatter  # keeps the epilog's example lines as written
@@ -114,29 +113,21 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _distill_text(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
     from tqdm import tqdm
 
     from data_tools.distill import distill_text_records
+    from data_tools.llava import HUMAN, write_records
+    from data_tools.schema import load_records
     from mllm.assistant import load
 
-    source = Path(args.file)
-    try:
-        records = json.loads(source.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise MllmError(f"{source}: {exc}") from None
-    if not isinstance(records, list):
-        raise MllmError(f"{source}: expected a JSON list of records")
+    records = load_records(args.file)
     assistant = load(args.model)
-    total = sum(len(r.get("conversations", [])) // 2 for r in records if "image" not in r)
+    total = sum(t.role == HUMAN for r in records if not r.images for t in r.turns)
     with tqdm(total=total, file=sys.stderr, unit="answer", desc="distill") as bar:
         out, summary = distill_text_records(
             records, assistant, args.max_new_tokens, args.batch_size, progress=bar.update
         )
-    text = ",\n".join(json.dumps(r, ensure_ascii=False) for r in out)
-    Path(args.out).write_text(f"[\n{text}\n]\n", encoding="utf-8")
+    write_records(out, args.out)
     print(
         f"wrote {summary.records} records to {args.out}: {summary.turns} answers of {summary.text_records} "
         f"text-only records by {args.model} ({summary.cut} cut to their last sentence, "
@@ -323,17 +314,17 @@ def _add_distill_text(sub: Any) -> None:
         help="answer the text-only chats of an instruction file with a (base) model",
         description=_wrap(
             "Replace the answers of every text-only record with the model's own greedy answers, turn by "
-            "turn, so training on them keeps the model's text answers instead of teaching new ones. Records "
-            "with images are copied unchanged."
+            "turn, so training on them keeps the model's text answers instead of teaching new ones. The file "
+            "is checked as `validate` checks it (the first error stops it); records with images are copied."
         ),
         epilog="Example:\n  mllm data distill-text data/instruct.json --model configs/model/smollm2.yaml "
         "--out data/instruct.distilled.json",
     )
-    p.add_argument("file", help="LLaVA instruction data: a JSON list")
+    p.add_argument("file", help="LLaVA instruction data: a JSON list or JSONL (checked as `validate` does)")
     p.add_argument(
         "--model", required=True, help="the answering model: a model YAML, checkpoint or `default`"
     )
-    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--out", required=True, help="file to write: JSONL if it ends in .jsonl, else a JSON list")
     p.add_argument("--max-new-tokens", type=int, default=64, help="longest answer in tokens (default 64)")
     p.add_argument("--batch-size", type=int, default=16, help="answers generated together (default 16)")
     p.set_defaults(func=_distill_text)

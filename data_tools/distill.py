@@ -9,7 +9,9 @@ the same chats pull the LoRA towards leaving text answers as they were.
 Each conversation is answered turn by turn, every later question seeing the model's own earlier answers, many
 conversations at a time (left-padded batches; at temperature 0 the same answers as one at a time). A reply cut
 by `max_new_tokens` ends at its last full sentence; a reply with none ends the conversation there (the turns
-before it are kept, a record with no turn left is dropped). Records with images are copied unchanged.
+before it are kept, a record with no turn left is dropped). A leading system turn is kept and answered under.
+Records come from `data_tools.schema.load_records`: structurally valid (human and gpt turns alternate), with
+the fixes `mllm data validate --fix` applies; records with images are copied as they are there.
 
     mllm data distill-text data/instruct.json --model configs/model/smollm2.yaml --out data/instruct.distilled.json
 """
@@ -21,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from data_tools.llava import GPT, HUMAN, SYSTEM, Record
 from mllm.assistant import Assistant
 from mllm.batch import Prompt, generate_prompts
 from mllm.errors import MllmError
@@ -44,48 +47,36 @@ def last_sentence(text: str) -> str | None:
     return text[: ends[-1].end()].strip() if ends else None
 
 
-def _turn_pairs(record: dict[str, Any], index: int) -> list[tuple[str, str]]:
-    turns = record.get("conversations")
-    if not isinstance(turns, list) or len(turns) < 2 or len(turns) % 2:
-        raise MllmError(f"record {index} ({record.get('id')}): conversations: expected human/gpt pairs")
-    pairs = []
-    for human, gpt in zip(turns[::2], turns[1::2]):
-        if human.get("from") != "human" or gpt.get("from") != "gpt":
-            raise MllmError(f"record {index} ({record.get('id')}): conversations: expected human/gpt pairs")
-        pairs.append((human["value"], gpt["value"]))
-    return pairs
-
-
 class _Conversation:
-    """One text-only record being answered: its questions and the answers so far."""
+    """One text-only record being answered: its system prompt (if any), questions and the answers so far."""
 
-    def __init__(self, index: int, questions: list[str]) -> None:
+    def __init__(self, index: int, record: Record) -> None:
         self.index = index
-        self.questions = questions
+        self.system = [t for t in record.turns if t.role == SYSTEM]
+        self.questions = [t.value for t in record.turns if t.role == HUMAN]
         self.answers: list[str] = []
         self.done = False
 
     def messages(self) -> list[dict[str, str]]:
-        messages = []
+        messages = [{"role": "system", "content": t.value} for t in self.system]
         for question, answer in zip(self.questions, self.answers):
             messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
         return [*messages, {"role": "user", "content": self.questions[len(self.answers)]}]
 
 
 def distill_text_records(
-    records: Sequence[dict[str, Any]],
+    records: Sequence[Record],
     assistant: Assistant,
     max_new_tokens: int = 64,
     batch_size: int = 16,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[list[dict[str, Any]], DistillSummary]:
-    """`records` with every text-only record's answers replaced by `assistant`'s (see the module docstring).
-    `progress(n)` is called after each batch with the number of answers it generated."""
+    """The records to write (JSON objects, as `load_records` fixed them), every text-only record's answers
+    replaced by `assistant`'s (see the module docstring). `progress(n)` is called after each batch with the
+    number of answers it generated."""
     if batch_size < 1:
         raise MllmError("batch_size must be at least 1")
-    chats = [
-        _Conversation(i, [q for q, _ in _turn_pairs(r, i)]) for i, r in enumerate(records) if "image" not in r
-    ]
+    chats = [_Conversation(i, r) for i, r in enumerate(records) if not r.images]
     tokenizer = assistant.tokenizer
     cut = dropped_turns = turns = 0
     while pending := [c for c in chats if not c.done and len(c.answers) < len(c.questions)]:
@@ -111,12 +102,12 @@ def distill_text_records(
     for index, record in enumerate(records):
         chat = answered.get(index)
         if chat is None:
-            out.append(record)
+            out.append(record.data)
         elif chat.answers:
-            conversation = []
+            conversation = [{"from": SYSTEM, "value": t.value} for t in chat.system]
             for question, answer in zip(chat.questions, chat.answers):
-                conversation += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
-            out.append({**record, "conversations": conversation})
+                conversation += [{"from": HUMAN, "value": question}, {"from": GPT, "value": answer}]
+            out.append({**record.data, "conversations": conversation})
     summary = DistillSummary(
         records=len(out),
         text_records=len(chats),
