@@ -21,10 +21,15 @@ COLORS = {"red": (230, 0, 0), "green": (0, 170, 0), "blue": (0, 70, 255)}
 
 
 def lively_assistant(
-    seed: int = 0, scale: float = 0.3, precision: str = "fp32", context: int | None = None
+    seed: int = 0,
+    scale: float = 0.3,
+    precision: str = "fp32",
+    context: int | None = None,
+    endless: bool = False,
 ) -> Assistant:
     """The tiny model with its LLM and projector weights redrawn at `scale`, so greedy outputs differ, then
-    brought to inference `precision` (mllm.quantize). `context` replaces the LLM's context length (positions)."""
+    brought to inference `precision` (mllm.quantize). `context` replaces the LLM's context length (positions).
+    `endless`: greedy replies never end by themselves (see `never_end`)."""
     from mllm.config import load_model_config
     from mllm.quantize import apply_precision
 
@@ -38,8 +43,27 @@ def lively_assistant(
         for module in (assistant.model.llm, assistant.model.projector):
             for param in module.parameters():
                 param.copy_(torch.randn(param.shape, generator=generator) * scale)
+        if endless:
+            never_end(assistant)
     apply_precision(assistant.model, precision)
     return assistant
+
+
+def never_end(assistant: Assistant) -> None:
+    """Make greedy decoding never pick an end-of-sequence token, whatever the CPU's rounding: the output rows of
+    the end tokens become zero (logit 0) and two ordinary tokens get opposite rows v and -v, so one of them always
+    scores |h.v| > 0. (A random model's greedy path differs between machines, and can end early on some.)"""
+    llm = assistant.model.llm
+    eos = llm.generation_config.eos_token_id
+    ends = {
+        *(eos if isinstance(eos, list) else [eos] if eos is not None else []),
+        assistant.tokenizer.eos_token_id,
+    }
+    rows = llm.get_output_embeddings().weight
+    plus, minus = assistant.tokenizer.convert_tokens_to_ids(["the", "and"])
+    assert not ends & {plus, minus}, (ends, plus, minus)
+    rows[sorted(ends)] = 0.0
+    rows[minus] = -rows[plus]
 
 
 def lively_checkpoint(folder: Path, seed: int = 0) -> Path:

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import itertools
 import shutil
-import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from serve_support import ARTIFACTS, free_port, lively_assistant, write_images
 
+from mllm.assistant import Assistant
 from serve.ui import ChatUI, UISettings
 
 CHROMIUM = shutil.which("chromium")
@@ -37,21 +39,57 @@ USER = "#mllm-chat [data-testid=user]"
 LONG_CONTEXT = 16384
 
 
-def generating() -> bool:
-    """Whether a reply is being generated in this process (stream_generate's worker thread)."""
-    return any(t.name == "mllm-generate" and t.is_alive() for t in threading.enumerate())
+@dataclass
+class Reply:
+    """How one call of the UI's respond ended: the max_new_tokens it was given, how many texts it yielded, and
+    whether it was closed (stopped) rather than run to its end."""
+
+    max_new_tokens: int
+    pieces: int
+    closed: bool
+
+
+class WatchedUI(ChatUI):
+    """The real chat UI, noting how each reply's generator ends. Decoding runs inside that generator (in the
+    Gradio worker that calls it), so once it has ended nothing is generated for that reply any more."""
+
+    def __init__(self, assistant: Assistant, settings: UISettings) -> None:
+        self.replies: list[Reply] = []
+        super().__init__(assistant, settings)
+
+    def respond(
+        self,
+        message: dict[str, Any] | str,
+        history: list[dict[str, Any]],
+        temperature: float,
+        top_p: float,
+        max_new_tokens: float,
+    ) -> Iterator[str]:
+        inner = super().respond(message, history, temperature, top_p, max_new_tokens)
+        pieces, closed = 0, False
+        try:
+            for text in inner:
+                pieces += 1
+                yield text
+        except GeneratorExit:
+            closed = True
+            raise
+        finally:
+            inner.close()
+            self.replies.append(Reply(int(max_new_tokens), pieces, closed))
 
 
 @pytest.fixture(scope="module")
-def ui_url() -> Iterator[str]:
-    port = free_port()
-    # a long context, so the reply that is stopped mid-way runs for seconds (16k tokens) even on a fast machine
-    assistant = lively_assistant(context=LONG_CONTEXT)
+def ui() -> Iterator[WatchedUI]:
+    # a long context, so the reply that is stopped mid-way runs for seconds (16k tokens) even on a fast machine,
+    # and a model that never ends a reply by itself (a random model's greedy path differs between machines)
+    assistant = lively_assistant(context=LONG_CONTEXT, endless=True)
     # 800 new tokens by default, so a reply streams long enough to be seen growing even where the tiny model
     # decodes 160 tokens between two polls
-    ui = ChatUI(assistant, UISettings(port=port, concurrency=2, max_new_tokens=800, temperature=0.0))
+    settings = UISettings(port=free_port(), concurrency=2, max_new_tokens=800, temperature=0.0)
+    ui = WatchedUI(assistant, settings)
     ui.launch(block=False)
-    yield f"http://127.0.0.1:{port}/"
+    yield ui
     ui.close()
 
 
@@ -69,21 +107,24 @@ def bot_texts(page: object) -> list[str]:
     return page.eval_on_selector_all(BOT, "els => els.map(e => e.innerText.trim())")  # type: ignore[attr-defined]
 
 
-def wait_reply(page: object, timeout_s: float = 60.0) -> list[str]:
-    """Poll the last bot message until generation has ended and the text is stable; returns the texts seen."""
+def watch_reply(page: object, ui: WatchedUI, count: int, timeout_s: float = 60.0) -> list[str]:
+    """Poll the last bot message until the server has ended `count` replies in all and the text has settled;
+    the texts seen on the way."""
     seen: list[str] = []
     deadline = time.monotonic() + timeout_s
-    stable_since = None
+    changed = time.monotonic()
     while time.monotonic() < deadline:
         texts = bot_texts(page)
         text = texts[-1] if texts else ""
         if not seen or seen[-1] != text:
             seen.append(text)
-            stable_since = time.monotonic()
-        elif text and not generating() and time.monotonic() - (stable_since or 0) > 0.7:
+            changed = time.monotonic()
+        elif text and len(ui.replies) >= count and time.monotonic() - changed > 0.7:
             return seen
         time.sleep(0.03)
-    raise AssertionError(f"no finished reply within {timeout_s} s; saw {seen[-3:]}")
+    raise AssertionError(
+        f"reply {count} did not end and settle within {timeout_s} s; ended: {ui.replies}; saw {seen[-3:]}"
+    )
 
 
 def open_chat(browser: object, url: str) -> object:
@@ -93,10 +134,11 @@ def open_chat(browser: object, url: str) -> object:
     return page
 
 
-def test_chat_in_browser(ui_url: str, browser: object, tmp_path: Path) -> None:
+def test_chat_in_browser(ui: WatchedUI, browser: object, tmp_path: Path) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     images = write_images(tmp_path / "images")
-    page = open_chat(browser, ui_url)
+    url = f"http://127.0.0.1:{ui.settings.port}/"
+    page = open_chat(browser, url)
     assert "tiny-test" in page.inner_text("#mllm-header")  # type: ignore[attr-defined]
 
     # attach an image, ask, and watch the answer stream in
@@ -104,7 +146,7 @@ def test_chat_in_browser(ui_url: str, browser: object, tmp_path: Path) -> None:
     page.wait_for_selector("#mllm-input img", timeout=20_000)  # type: ignore[attr-defined]
     page.fill("#mllm-input textarea", "What colors do you see?")  # type: ignore[attr-defined]
     page.keyboard.press("Enter")  # type: ignore[attr-defined]
-    seen = wait_reply(page)
+    seen = watch_reply(page, ui, 1)
     growing = [s for s in seen if s]
     assert len(growing) >= 3, f"the reply did not stream: {seen}"
     assert all(b.startswith(a[: max(len(a) - 2, 0)]) for a, b in itertools.pairwise(growing)), growing
@@ -120,12 +162,11 @@ def test_chat_in_browser(ui_url: str, browser: object, tmp_path: Path) -> None:
 
     # regenerate: greedy decoding gives the same reply again
     page.click("#mllm-chat button[aria-label=Retry]")  # type: ignore[attr-defined]
-    time.sleep(0.3)
-    wait_reply(page)
+    watch_reply(page, ui, 2)
     assert bot_texts(page) == [first]
 
     # a second browser session has its own, empty conversation
-    other = open_chat(browser, ui_url)
+    other = open_chat(browser, url)
     assert bot_texts(other) == []
     other.close()  # type: ignore[attr-defined]
 
@@ -133,6 +174,7 @@ def test_chat_in_browser(ui_url: str, browser: object, tmp_path: Path) -> None:
     page.click("text=Sampling")  # type: ignore[attr-defined]
     page.fill("#mllm-max-new input[type=number]", str(LONG_CONTEXT - 200))  # type: ignore[attr-defined]
     page.keyboard.press("Tab")  # type: ignore[attr-defined]
+    assert page.input_value("#mllm-max-new input[type=number]") == str(LONG_CONTEXT - 200)  # type: ignore[attr-defined]
     page.fill("#mllm-input textarea", "Tell me a very long story.")  # type: ignore[attr-defined]
     page.keyboard.press("Enter")  # type: ignore[attr-defined]
     deadline = time.monotonic() + 30
@@ -140,12 +182,11 @@ def test_chat_in_browser(ui_url: str, browser: object, tmp_path: Path) -> None:
         assert time.monotonic() < deadline, "the follow-up reply never started"
         time.sleep(0.05)
     time.sleep(0.5)
+    assert len(ui.replies) == 2, f"the long reply ended before stop was pressed: {ui.replies}"
     page.click("#mllm-input .stop-button")  # type: ignore[attr-defined]
-    deadline = time.monotonic() + 10
-    while generating():
-        assert time.monotonic() < deadline, "generation went on after stop"
-        time.sleep(0.05)
-    stopped = bot_texts(page)[-1]
+    stopped = watch_reply(page, ui, 3, timeout_s=10)[-1]
+    assert ui.replies[-1].closed, f"generation was not stopped: {ui.replies[-1]}"
+    assert ui.replies[-1].max_new_tokens == LONG_CONTEXT - 200, ui.replies[-1]
     time.sleep(0.5)
     assert bot_texts(page)[-1] == stopped
     page.screenshot(path=str(ARTIFACTS / "ui_chat_stopped.png"), full_page=True)  # type: ignore[attr-defined]
