@@ -85,6 +85,9 @@ class TrainConfig:
     llm: str = "frozen"  # frozen | lora | qlora4 | qlora8 | full (what of the LLM trains)
     lora: LoRAConfig | None = None  # LoRA settings when starting LoRA (default: the model config's)
     train_projector: bool = True
+    # > 0: text-only rows are trained towards the base LLM's own distributions (KL, this weight) instead of their
+    # written answers (train/anchor.py); needs a LoRA adapter (llm: lora, qlora4, qlora8)
+    text_anchor: float = 0.0
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
@@ -130,6 +133,13 @@ class TrainConfig:
                 raise MllmError(f"{where}: field {name}: must be at least 1, got {getattr(self, name)}")
         if self.save_every < 0 or self.eval_every < 0:
             raise MllmError(f"{where}: fields save_every and eval_every must be 0 or more")
+        if self.text_anchor < 0:
+            raise MllmError(f"{where}: field text_anchor: must be 0 or more, got {self.text_anchor}")
+        if self.text_anchor > 0 and self.llm not in ("lora", "qlora4", "qlora8"):
+            raise MllmError(
+                f"{where}: field text_anchor: the base distributions come from switching the LoRA adapter off, "
+                f"so it needs llm: lora, qlora4 or qlora8 (got {self.llm!r})"
+            )
         if len(self.optim.betas) != 2:
             raise MllmError(f"{where}: field optim.betas: expected two numbers")
         if not 0 <= self.clip.recolor_prob <= 1:

@@ -27,9 +27,11 @@ from train.engine import all_sum
 ForwardFn = Callable[..., Any]
 
 
-def supervised_loss(forward: ForwardFn, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
-    """(mean next-token loss over supervised tokens, their count). Logits are computed only at the positions
-    whose next token is supervised, row by row (`logits_at`), which skips almost all of the LM head."""
+def supervised_logits(
+    forward: ForwardFn, batch: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits [n, vocab] at the n positions whose next token is supervised, row by row (`logits_at`, which
+    skips almost all of the LM head), their n target tokens, the [B, T] mask of those positions)."""
     labels: torch.Tensor = batch["labels"]
     shifted = labels[:, 1:]
     supervised = shifted != IGNORE_INDEX
@@ -40,9 +42,14 @@ def supervised_loss(forward: ForwardFn, batch: dict[str, Any]) -> tuple[torch.Te
         pixel_values=batch["pixel_values"],
         logits_at=at,
     )
-    target = shifted[supervised].to(out.logits.device)
+    return out.logits.float(), shifted[supervised].to(out.logits.device), at
+
+
+def supervised_loss(forward: ForwardFn, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
+    """(mean next-token loss over supervised tokens, their count)."""
+    logits, target, _at = supervised_logits(forward, batch)
     count = int(target.numel())
-    loss = F.cross_entropy(out.logits.float(), target, reduction="sum")
+    loss = F.cross_entropy(logits, target, reduction="sum")
     return loss / max(count, 1), count
 
 

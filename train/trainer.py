@@ -20,6 +20,7 @@ import torch
 from mllm.checkpoint import save_checkpoint
 from mllm.errors import MllmError
 from mllm.model import MultimodalModel
+from train.anchor import anchored_loss
 from train.config import TrainConfig, save_train_config
 from train.data import Collator, Example, SkipCounter, load_examples
 from train.engine import (
@@ -243,7 +244,10 @@ class Trainer:
             if batch["size"] == 0:
                 loss = self._zero_loss()
             else:
-                loss, _count = supervised_loss(self.engine, batch)
+                if self.config.text_anchor > 0:
+                    loss, _count = anchored_loss(self.engine, self.model, batch, self.config.text_anchor)
+                else:
+                    loss, _count = supervised_loss(self.engine, batch)
                 losses.append(loss.item())
                 tokens += int(batch["attention_mask"].sum())
                 samples += batch["size"]
