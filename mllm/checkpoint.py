@@ -32,8 +32,13 @@ FORMAT_VERSION = 1
 META_FILE = "mllm.json"
 
 
-def _is_local_folder(source: str | None) -> bool:
-    return source is None or Path(source).is_dir()
+def _is_hub_id(source: str | None) -> bool:
+    """Whether a checkpoint may refer to the tower's `source` instead of holding a copy: only for a hub id.
+    A random tower (None) and a local folder are copied in, and so is a path that no longer exists (the
+    tower is in memory): a resumed run's tower comes from a checkpoint that the trainer later prunes."""
+    if source is None:
+        return False
+    return not (Path(source).is_dir() or Path(source).is_absolute() or source.startswith("."))
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
@@ -151,7 +156,7 @@ def save_checkpoint(
             {k: v.detach().contiguous().cpu() for k, v in model.projector.state_dict().items()},
             str(tmp / "projector.safetensors"),
         )
-        if _is_local_folder(config.vision.source):
+        if not _is_hub_id(config.vision.source):
             model.vision.model.save_pretrained(tmp / "vision")
             config.vision.source = "./vision"
         if save_llm:

@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mllm.checkpoint import load_checkpoint, read_meta
 from tests.train_support import make_data, run_training, start_training, write_config
 
 
@@ -144,6 +145,10 @@ def test_instruct_resume_after_sigkill_matches_uninterrupted_run(
     assert a.keys() == b.keys() and any(k.startswith("adapter.") for k in a)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    # the checkpoint it resumed from has been pruned since; the final one holds its own copy of the tower
+    assert not (tmp_path / "killed" / "checkpoints" / "step-000002").exists()
+    assert read_meta(tmp_path / "killed" / "final")["config"]["vision"]["source"] == "./vision"
+    load_checkpoint(tmp_path / "killed" / "final")
     rows = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "train"] == list(range(1, 17))
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [16]
