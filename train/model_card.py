@@ -73,8 +73,11 @@ def _stage_rows(release: Path, report: dict[str, Any]) -> list[str]:
         else:
             result = f"eval loss {ev['eval_loss']:.3f}" if "eval_loss" in ev else "-"
         batch = config["micro_batch_size"] * config["grad_accum"]
+        trains = what[stage]
+        if config.get("text_anchor"):
+            trains += f" (text-only rows: {config['text_anchor']:g} x KL to the base LLM, train/anchor.py)"
         lines.append(
-            f"| {stage} | {what[stage]} | {config['max_steps']} | {batch} | {config['optim']['lr']} | "
+            f"| {stage} | {trains} | {config['max_steps']} | {batch} | {config['optim']['lr']} | "
             f"{config['seed']} | {timings.get(stage, 0):.0f} s | {result} |"
         )
     lines.append(

@@ -1,0 +1,49 @@
+"""MODEL_CARD.md is rendered from a release run's own files: stage rows (steps, batch, seed, time, anchor),
+the VQA table and the text-skills line come from release.json, each stage's config and summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from train.model_card import render
+
+
+def _release(tmp_path: Path, text_anchor: float) -> Path:
+    release = tmp_path / "release"
+    (release / "data" / "train").mkdir(parents=True)
+    (release / "data" / "train" / "synth.json").write_text(
+        json.dumps({"num_images": 120, "max_turns": 5, "turn_weights": {"count": 2.0, "color": 1.0}})
+    )
+    row = {"overall": 0.915, "count": 0.75, "color": 1.0, "questions": 400, "precision": "fp16"}
+    report = {
+        "timings_s": {"data": 10.0, "clip": 1000.0, "align": 700.0, "instruct": 3100.0, "eval": 260.0},
+        "stages": {},
+        "eval": {"test": row, "text_skills": {"questions": 20, "base_correct": 20, "kept": 18}},
+    }
+    (release / "release.json").write_text(json.dumps(report))
+    config = {"max_steps": 2800, "micro_batch_size": 2, "grad_accum": 1, "optim": {"lr": 1e-3}, "seed": 0}
+    if text_anchor:
+        config["text_anchor"] = text_anchor
+    (release / "instruct").mkdir()
+    (release / "instruct" / "train_config.yaml").write_text(yaml.safe_dump(config))
+    (release / "instruct" / "summary.json").write_text(json.dumps({"eval": {"eval_loss": 0.1044}}))
+    return release
+
+
+def test_card_reads_the_run(tmp_path: Path) -> None:
+    card = render(_release(tmp_path, text_anchor=4.0), ablation=None, notes=None)
+    instruct = next(line for line in card.splitlines() if line.startswith("| instruct |"))
+    assert "| 2800 | 2 | 0.001 | 0 | 3100 s | eval loss 0.104 |" in instruct
+    assert "4 x KL to the base LLM" in instruct
+    assert "Total: 84.5 minutes" in card
+    assert "| test | fp16 | 400 | 91.5% | 100.0% | 75.0% |" in card
+    assert "Text skills kept: 18 of the 20" in card
+    assert "count turns weighted 2x" in card
+
+
+def test_card_without_anchor_says_nothing_of_it(tmp_path: Path) -> None:
+    card = render(_release(tmp_path, text_anchor=0.0), ablation=None, notes=None)
+    assert "KL" not in card
