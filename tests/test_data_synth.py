@@ -231,8 +231,14 @@ def test_text_only_records_are_about_ten_percent_and_correct(train: Path) -> Non
 NUMBER_WORDS = {"four", "seven", "twenty-four"}
 
 
-@pytest.mark.parametrize("check_file", ["text_skills.json", "text_skills_heldout.json"])
-def test_text_chats_do_not_teach_the_text_skills_check(check_file: str) -> None:
+@pytest.mark.parametrize(
+    ("check_file", "known_words"),
+    [
+        ("text_skills.json", {"paris", "shakespeare", "egypt", "nile"}),
+        ("text_skills_heldout.json", {"cairo", "louvre", "einstein", "austen"}),
+    ],
+)
+def test_text_chats_do_not_teach_the_text_skills_check(check_file: str, known_words: set[str]) -> None:
     """No fixed question of the text-only chats is a question of the text-skills checks in train/, and none names
     one of their non-numeric answer words: the checks must measure what the model kept, not what it was taught."""
     check = json.loads((Path(__file__).parents[1] / "train" / check_file).read_text())
@@ -243,7 +249,7 @@ def test_text_chats_do_not_teach_the_text_skills_check(check_file: str) -> None:
         for w in q["accept"]
         if not any(c.isdigit() for c in w) and w.lower() not in NUMBER_WORDS
     }
-    assert len(words) >= 10
+    assert known_words <= words
     tables = {"FACTS": general.FACTS, "WORLD": general.WORLD}
     tables["CAPITALS"] = tuple(
         (f"What is the capital of {c}?", f"{c} {city}") for c, city in general.CAPITALS
