@@ -1,9 +1,11 @@
-"""Batched generation for many single-turn (images, question) prompts, left-padded, for VQA runs and
-evaluation during training.
+"""Batched generation for many single-turn (images, question) prompts, for VQA runs and evaluation during
+training.
 
-Prompts are encoded exactly as `Assistant.chat` encodes a one-message conversation, left-padded to the
-longest prompt of their batch (attention mask 0 on the padding) and generated together, so that at
-temperature 0 the answers equal those of batch size 1.
+Prompts are encoded exactly as `Assistant.chat` encodes a one-message conversation and generated together, so
+that at temperature 0 the answers equal those of batch size 1: on the fast path of a Llama-architecture LLM by
+mllm.decoding.decode_rows (no padding; each prompt gets the arithmetic it gets alone), otherwise by
+transformers' generate on the prompts left-padded to the longest of their batch (attention mask 0 on the
+padding).
 
     from mllm.batch import answer_batch
     answers = answer_batch(assistant, [(["cat.png"], "What animal is this?"), ([], "2 + 2 = ?")], batch_size=8)
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from mllm.assistant import Assistant
+from mllm.decoding import decode_rows
 from mllm.errors import MllmError
 from mllm.generation import sampling_kwargs
 from mllm.images import ImageInput
@@ -63,12 +66,24 @@ def generate_prompts(
     temperature: float = 0.0,
     top_p: float = 1.0,
 ) -> list[str]:
-    """Generate for `prompts` as one left-padded batch; returns each reply, stripped of surrounding space."""
+    """Generate for `prompts` as one batch (see the module docstring); returns each reply, stripped of
+    surrounding space. Each prompt gets at most `max_new_tokens`, and no more than its context leaves."""
     if not prompts:
         return []
     if max_new_tokens < 1:
         raise MllmError("max_new_tokens must be at least 1")
     tokenizer = assistant.tokenizer
+    if assistant.fast:
+        limits = [min(max_new_tokens, assistant.context_length - len(p.input_ids)) for p in prompts]
+        replies = decode_rows(
+            assistant.model,
+            [(torch.tensor([p.input_ids]), p.pixel_values) for p in prompts],
+            limits,
+            temperature,
+            top_p,
+        )
+        if replies is not None:
+            return [text.strip() for text in tokenizer.batch_decode(replies, skip_special_tokens=True)]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     input_ids, attention_mask = left_pad([p.input_ids for p in prompts], pad_id)
     room = assistant.context_length - input_ids.shape[1]

@@ -15,6 +15,7 @@ import torch
 from transformers import DynamicCache, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
 from mllm.generation import GenerationStats, cut_at_stop, held_back
+from mllm.llama_rows import rows_for
 from mllm.llama_step import LlamaStepper, stepper_for
 from mllm.model import MultimodalModel
 from mllm.prefix_cache import Key, PrefixCache, cache_layers, prompt_key
@@ -27,6 +28,14 @@ def _warpers(temperature: float, top_p: float) -> LogitsProcessorList:
         if top_p < 1.0:
             warpers.append(TopPLogitsWarper(top_p))
     return warpers
+
+
+def eos_token_ids(model: MultimodalModel) -> set[int]:
+    """The ids that end a reply: the LLM's generation config's and the tokenizer's end of sequence."""
+    eos = model.llm.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    eos_ids.add(model.tokenizer.eos_token_id)
+    return eos_ids
 
 
 @torch.inference_mode()
@@ -46,9 +55,7 @@ def decode_tokens(
     end-of-sequence is suppressed for the first `min_new_tokens` (as generate's min_new_tokens). With a
     `prefix_cache`, the longest stored prefix of the prompt is not computed again, and the prompt is stored."""
     llm = model.llm
-    eos = llm.generation_config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    eos_ids.add(model.tokenizer.eos_token_id)
+    eos_ids = eos_token_ids(model)
     warpers = _warpers(temperature, top_p)
     inputs_embeds = model.embed(input_ids, pixel_values)
     length = inputs_embeds.shape[1]
@@ -88,6 +95,48 @@ def decode_tokens(
             input_ids=token, past_key_values=cache, use_cache=True, position_ids=position, logits_to_keep=1
         )
         logits = out.logits[:, -1, :]
+
+
+@torch.inference_mode()
+def decode_rows(
+    model: MultimodalModel,
+    prompts: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
+    max_new_tokens: Sequence[int],
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+) -> list[list[int]] | None:
+    """New token ids for each of several single prompts ((input_ids [1, T], pixel_values or None) each, at most
+    `max_new_tokens[i]` for prompt i) generated together on mllm.llama_rows, each with the arithmetic it gets
+    alone; None when the LLM has no lean loop (the caller falls back to transformers' generate)."""
+    lengths = [int(ids.shape[1]) for ids, _ in prompts]
+    rows = rows_for(model.llm, max(n + m for n, m in zip(lengths, max_new_tokens)), len(prompts))
+    if rows is None:
+        return None
+    # prompt by prompt: the vision tower's kernels round a batch of images differently from one image (by
+    # 1e-5), enough to flip a near-tie between two answers at bf16; its time is small next to the LLM's
+    inputs_embeds = torch.cat([model.embed(ids, pixel_values)[0] for ids, pixel_values in prompts])
+    eos_ids = eos_token_ids(model)
+    warpers = _warpers(temperature, top_p)
+    replies: list[list[int]] = [[] for _ in prompts]
+    active = list(range(len(prompts)))
+    logits = rows.prefill_rows(inputs_embeds, lengths)
+    while active:
+        logits = logits.float()
+        if temperature > 0:
+            tokens = torch.multinomial(torch.softmax(warpers(None, logits), dim=-1), 1)[:, 0]
+        else:
+            tokens = logits.argmax(dim=-1)
+        still = []
+        for row, token in zip(active, tokens.tolist()):
+            if token in eos_ids:
+                continue
+            replies[row].append(token)
+            if len(replies[row]) < max_new_tokens[row]:
+                still.append(row)
+        active = still
+        if active:
+            logits = rows.step_rows(torch.tensor([replies[row][-1] for row in active]), active)
+    return replies
 
 
 def _lean_prefill(

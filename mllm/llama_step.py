@@ -28,6 +28,7 @@ from torch.ao.nn.quantized import dynamic as quantized_dynamic
 from torch.nn import functional as F
 from transformers import LlamaForCausalLM, PreTrainedModel
 
+from mllm.bf16_linear import PackedBf16Linear, fused_silu_mlp, shared_input
 from mllm.prefix_cache import Layer
 from mllm.registry import Registry
 
@@ -37,7 +38,10 @@ Linear = Callable[[torch.Tensor], torch.Tensor]
 
 def direct_linear(module: nn.Module) -> Linear:
     """`module`'s forward as one op call: the fp16 packed GEMM of torch's dynamic fp16 Linear, `F.linear` of a
-    plain nn.Linear (the same op their forwards call); any other module is called as it is."""
+    plain nn.Linear (the same op their forwards call), the forward of a bf16 layer without nn.Module's call
+    machinery; any other module is called as it is."""
+    if isinstance(module, PackedBf16Linear):
+        return module.forward
     if isinstance(module, quantized_dynamic.Linear) and module._packed_params.dtype == torch.float16:
         packed = module._packed_params._packed_params
         fp16_gemm = torch.ops.quantized.linear_dynamic_fp16
@@ -67,32 +71,36 @@ class _Layer:
     """One decoder layer's weights and ops, bound once."""
 
     input_norm: tuple[torch.Tensor, float]
-    q: Linear
-    k: Linear
-    v: Linear
+    qkv: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     o: Linear
     post_norm: tuple[torch.Tensor, float]
-    gate: Linear
-    up: Linear
-    down: Linear
-    act: Callable[[torch.Tensor], torch.Tensor]
-    keys: torch.Tensor  # [1, kv_heads, max_length, head_dim], a view of the stepper's static cache
+    mlp: Linear
+    keys: torch.Tensor  # [rows, kv_heads, max_length, head_dim], a view of the stepper's static cache
     values: torch.Tensor
 
     @classmethod
-    def bind(cls, layer: nn.Module, keys: torch.Tensor, values: torch.Tensor) -> _Layer:
+    def bind(cls, layer: nn.Module, hidden_act: str, keys: torch.Tensor, values: torch.Tensor) -> _Layer:
+        """`hidden_act`: the config's activation name (`silu` fuses into the bf16 MLP kernels)."""
         attention, mlp = layer.self_attn, layer.mlp
+        projections = (attention.q_proj, attention.k_proj, attention.v_proj)
+        feed_forward = (mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+        if all(isinstance(m, PackedBf16Linear) for m in projections):
+            qkv = shared_input(*projections)
+        else:
+            q, k, v = map(direct_linear, projections)
+            qkv = lambda x: (q(x), k(x), v(x))  # noqa: E731
+        if all(isinstance(m, PackedBf16Linear) for m in feed_forward) and hidden_act == "silu":
+            mlp_fn = fused_silu_mlp(*feed_forward)
+        else:
+            gate, up, down = map(direct_linear, feed_forward)
+            act = mlp.act_fn
+            mlp_fn = lambda x: down(act(gate(x)) * up(x))  # noqa: E731
         return cls(
             (layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon),
-            direct_linear(attention.q_proj),
-            direct_linear(attention.k_proj),
-            direct_linear(attention.v_proj),
+            qkv,
             direct_linear(attention.o_proj),
             (layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon),
-            direct_linear(mlp.gate_proj),
-            direct_linear(mlp.up_proj),
-            direct_linear(mlp.down_proj),
-            mlp.act_fn,
+            mlp_fn,
             keys,
             values,
         )
@@ -102,7 +110,7 @@ class LlamaStepper:
     """One sequence on a static KV cache: `take_prefix` copies in cached prompt positions, `prefill` computes
     the rest of the prompt, then `step` decodes one token at a time."""
 
-    def __init__(self, llm: PreTrainedModel, max_length: int) -> None:
+    def __init__(self, llm: PreTrainedModel, max_length: int, rows: int = 1) -> None:
         config = llm.config
         layers = list(llm.model.layers)
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -120,10 +128,13 @@ class LlamaStepper:
         # faster than gathering them), the sign on the table
         self.half = half
         self.cos, self.signed_sin = cos[0], torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1)
-        shape = (len(layers), 1, self.kv_heads, max_length, self.head_dim)
+        shape = (len(layers), rows, self.kv_heads, max_length, self.head_dim)
         self.keys = torch.empty(shape, device=device, dtype=dtype)  # only positions < length are ever read
         self.values = torch.empty(shape, device=device, dtype=dtype)
-        self.layers = [_Layer.bind(layer, self.keys[i], self.values[i]) for i, layer in enumerate(layers)]
+        self.layers = [
+            _Layer.bind(layer, config.hidden_act, self.keys[i], self.values[i])
+            for i, layer in enumerate(layers)
+        ]
         self.embedding = embedding
         self.final_norm = (llm.model.norm.weight, llm.model.norm.variance_epsilon)
         self.head = direct_linear(llm.lm_head)
@@ -144,7 +155,7 @@ class LlamaStepper:
         """Copies of the keys and values of the positions computed so far, per layer [1, kv_heads, T, head_dim]
         (copies: the static cache is written on, and a view would keep all of it alive)."""
         end = self.length
-        return [(layer.keys[:, :, :end].clone(), layer.values[:, :, :end].clone()) for layer in self.layers]
+        return [(layer.keys[:1, :, :end].clone(), layer.values[:1, :, :end].clone()) for layer in self.layers]
 
     def _check_room(self, length: int) -> None:
         if length > self.max_length:
@@ -168,24 +179,23 @@ class LlamaStepper:
         )
         hidden = inputs_embeds[0]  # [T, D]
         for layer in self.layers:
-            normed = norm(hidden, *layer.input_norm)
-            q = layer.q(normed).view(count, heads, head_dim).transpose(0, 1)
-            k = layer.k(normed).view(count, kv_heads, head_dim).transpose(0, 1)
+            q, k, v = layer.qkv(norm(hidden, *layer.input_norm))
+            q = q.view(count, heads, head_dim).transpose(0, 1)
+            k = k.view(count, kv_heads, head_dim).transpose(0, 1)
             q = q * cos + q.roll(half, -1) * sin
             layer.keys[0, :, start:end] = k * cos + k.roll(half, -1) * sin
-            layer.values[0, :, start:end] = layer.v(normed).view(count, kv_heads, head_dim).transpose(0, 1)
+            layer.values[0, :, start:end] = v.view(count, kv_heads, head_dim).transpose(0, 1)
             out = F.scaled_dot_product_attention(
                 q[None],
-                layer.keys[:, :, :end],
-                layer.values[:, :, :end],
+                layer.keys[:1, :, :end],
+                layer.values[:1, :, :end],
                 attn_mask=mask,
                 is_causal=mask is None and count > 1,
                 scale=self.scaling,
                 enable_gqa=gqa,
             )
             hidden = hidden + layer.o(out[0].transpose(0, 1).reshape(count, heads * head_dim))
-            normed = norm(hidden, *layer.post_norm)
-            hidden = hidden + layer.down(layer.act(layer.gate(normed)) * layer.up(normed))
+            hidden = hidden + layer.mlp(norm(hidden, *layer.post_norm))
         self.length = end
         return self.head(norm(hidden[-1:], *self.final_norm))
 
@@ -202,18 +212,17 @@ class LlamaStepper:
         # [1, D]: a single position, so [1, heads, 1, head_dim] and [kv_heads, head_dim] are views of the outputs
         hidden = F.embedding(token[0], self.embedding)
         for layer in self.layers:
-            normed = norm(hidden, *layer.input_norm)
-            q = layer.q(normed).view(1, heads, 1, head_dim)
-            k = layer.k(normed).view(kv_heads, head_dim)
+            q, k, v = layer.qkv(norm(hidden, *layer.input_norm))
+            q = q.view(1, heads, 1, head_dim)
+            k = k.view(kv_heads, head_dim)
             q = q * cos + q.roll(half, -1) * sin
             layer.keys[0, :, position] = k * cos + k.roll(half, -1) * sin
-            layer.values[0, :, position] = layer.v(normed).view(kv_heads, head_dim)
+            layer.values[0, :, position] = v.view(kv_heads, head_dim)
             out = F.scaled_dot_product_attention(
-                q, layer.keys[:, :, :end], layer.values[:, :, :end], scale=self.scaling, enable_gqa=gqa
+                q, layer.keys[:1, :, :end], layer.values[:1, :, :end], scale=self.scaling, enable_gqa=gqa
             )
             hidden = hidden + layer.o(out.reshape(1, heads * head_dim))
-            normed = norm(hidden, *layer.post_norm)
-            hidden = hidden + layer.down(layer.act(layer.gate(normed)) * layer.up(normed))
+            hidden = hidden + layer.mlp(norm(hidden, *layer.post_norm))
         self.length = end
         return self.head(norm(hidden, *self.final_norm))
 
@@ -221,9 +230,13 @@ class LlamaStepper:
 STEPPERS.add("llama", LlamaStepper)
 
 
+def lean_supported(llm: nn.Module) -> bool:
+    """Whether the LLM is a plain causal LM (not wrapped in LoRA adapters) of a registered architecture."""
+    return isinstance(llm, LlamaForCausalLM) and llm.config.model_type in STEPPERS
+
+
 def stepper_for(llm: nn.Module, max_length: int) -> LlamaStepper | None:
-    """A lean stepper when the LLM is a plain causal LM (not wrapped in LoRA adapters) of a registered
-    architecture; None otherwise (the caller keeps the generic loop)."""
-    if not isinstance(llm, LlamaForCausalLM) or llm.config.model_type not in STEPPERS:
+    """A lean stepper when `lean_supported(llm)`; None otherwise (the caller keeps the generic loop)."""
+    if not lean_supported(llm):
         return None
     return STEPPERS.get(llm.config.model_type)(llm, max_length)

@@ -11,7 +11,13 @@
   by a whole batch, so batched answers can differ from single ones, and replies differ more from fp32. On
   the shipped 135M assistant it costs too much: 77.5% on the shapes test split against 91.2% at fp16
   (batch 1), so it is opt-in and logs a warning; larger LLMs tolerate activation quantization better.
-- `auto`: `fp16` where those kernels exist (a CPU LLM in fp32), else `fp32`.
+- `bf16`: the decoder layers' linear layers on oneDNN's prepacked bf16 kernels (mllm.bf16_linear): inputs and
+  outputs of each matmul are rounded to bf16, the residual stream stays fp32. On CPUs with AMX tiles a prompt's
+  prefill and a batch's steps run several times faster than at fp16; a single decode step reads the same bytes.
+  The LM head stays at fp16 weights with fp32 logits (bf16 logits would tie near the top and flip greedy
+  choices). Batched answers equal single ones.
+- `auto`: `bf16` on a CPU with AMX tiles, else `fp16` where fbgemm's kernels exist (a CPU LLM in fp32), else
+  `fp32`.
 
 The input embedding stays fp32. Reduced precision can change replies, so its accuracy is checked against fp32
 (tests/test_smollm2.py and the release evaluation on the shapes test split).
@@ -26,6 +32,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from mllm.bf16_linear import amx_available, bf16_kernels_available, pack_linears
 from mllm.errors import MllmError
 from mllm.model import MultimodalModel
 from mllm.registry import Registry
@@ -34,17 +41,25 @@ log = logging.getLogger(__name__)
 PRECISIONS: Registry[Callable[[MultimodalModel], MultimodalModel]] = Registry("inference precision")
 
 
-def quantized_supported(model: MultimodalModel) -> bool:
-    """Whether `fp16`/`int8` can run: a CPU LLM with plain fp32 weights (no bitsandbytes) and an x86/fbgemm
-    quantized engine."""
+def _plain_cpu_llm(model: MultimodalModel) -> bool:
+    """A CPU LLM with plain fp32 weights (no bitsandbytes)."""
     llm_config = model.config.llm
-    engines = torch.backends.quantized.supported_engines
     return (
         model.device.type == "cpu"
         and not (llm_config.load_in_4bit or llm_config.load_in_8bit)
         and all(p.dtype == torch.float32 for p in model.llm.parameters())
-        and any(engine in engines for engine in ("x86", "fbgemm"))
     )
+
+
+def quantized_supported(model: MultimodalModel) -> bool:
+    """Whether `fp16`/`int8` can run: a plain fp32 CPU LLM and an x86/fbgemm quantized engine."""
+    engines = torch.backends.quantized.supported_engines
+    return _plain_cpu_llm(model) and any(engine in engines for engine in ("x86", "fbgemm"))
+
+
+def bf16_supported(model: MultimodalModel) -> bool:
+    """Whether `bf16` can run: a plain fp32 CPU LLM, oneDNN's bf16 kernels and fbgemm (for the LM head)."""
+    return quantized_supported(model) and bf16_kernels_available()
 
 
 @PRECISIONS.register("fp32")
@@ -52,27 +67,55 @@ def _keep(model: MultimodalModel) -> MultimodalModel:
     return model
 
 
-def _dynamic(model: MultimodalModel, dtype: torch.dtype) -> MultimodalModel:
-    from torch.ao.quantization import float16_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
-
-    name = "fp16" if dtype == torch.float16 else "int8"
-    if not quantized_supported(model):
+def _check_convertible(model: MultimodalModel, name: str, supported: bool, kernels: str) -> None:
+    if not supported:
         raise MllmError(
-            f"precision {name} needs an fp32 LLM on a CPU with torch's x86/fbgemm kernels "
+            f"precision {name} needs an fp32 LLM on a CPU with {kernels} "
             "(not a GPU, not --load-4bit/--load-8bit); use precision fp32"
         )
     if any(module_name.endswith("lora_A") for module_name, _ in model.llm.named_modules()):
         raise MllmError(f"precision {name} needs the LoRA adapters merged first (merge_for_inference)")
-    qconfig = float16_dynamic_qconfig if dtype == torch.float16 else per_channel_dynamic_qconfig
-    # block by block (each entry of a ModuleList: the decoder layers), then the rest (the LM head), in place:
-    # a block's fp32 weights are released before the next is converted, and a weight file's memory map (one
-    # shard of mllm.llm's cache) is unmapped once every tensor in it has been replaced
+
+
+def _convert(model: MultimodalModel, convert_block: Callable[[nn.Module], object]) -> None:
+    """`convert_block` on each entry of the LLM's ModuleLists (the decoder layers), then on the whole LLM (the
+    rest: the LM head), in place: a block's fp32 weights are released before the next is converted, and a
+    weight file's memory map (one shard of mllm.llm's cache) is unmapped once every tensor in it is replaced."""
     blocks = [block for child in model.llm.modules() if isinstance(child, nn.ModuleList) for block in child]
     owned: set[int] = set()
     for block in [*blocks, model.llm]:
-        quantize_dynamic(block, {nn.Linear: qconfig}, dtype=dtype, inplace=True)
+        convert_block(block)
         _own_memory(block, owned)
+
+
+def _quantize_dynamic(module: nn.Module, dtype: torch.dtype) -> None:
+    from torch.ao.quantization import float16_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+
+    qconfig = float16_dynamic_qconfig if dtype == torch.float16 else per_channel_dynamic_qconfig
+    quantize_dynamic(module, {nn.Linear: qconfig}, dtype=dtype, inplace=True)
+
+
+def _dynamic(model: MultimodalModel, dtype: torch.dtype) -> MultimodalModel:
+    name = "fp16" if dtype == torch.float16 else "int8"
+    _check_convertible(model, name, quantized_supported(model), "torch's x86/fbgemm kernels")
+    _convert(model, lambda block: _quantize_dynamic(block, dtype))
     log.info("LLM linear layers at %s (dynamic quantization, fp32 activations in, fp32 out)", name)
+    return model
+
+
+@PRECISIONS.register("bf16")
+def _bf16(model: MultimodalModel) -> MultimodalModel:
+    _check_convertible(model, "bf16", bf16_supported(model), "oneDNN's bf16 and fbgemm's fp16 kernels")
+    llm = model.llm
+
+    def convert(block: nn.Module) -> None:
+        if block is llm:  # what is left after the decoder layers: the LM head, at fp16 weights (fp32 logits)
+            _quantize_dynamic(block, torch.float16)
+        else:
+            pack_linears(block)
+
+    _convert(model, convert)
+    log.info("LLM decoder layers at bf16 (oneDNN prepacked), LM head at fp16 weights")
     return model
 
 
@@ -105,6 +148,8 @@ def _int8(model: MultimodalModel) -> MultimodalModel:
 def resolve_precision(model: MultimodalModel, precision: str) -> str:
     """`auto` -> `fp16` or `fp32` for this model; other names are checked against the registry."""
     if precision == "auto":
+        if bf16_supported(model) and amx_available():
+            return "bf16"
         return "fp16" if quantized_supported(model) else "fp32"
     PRECISIONS.get(precision)
     return precision

@@ -1,5 +1,6 @@
-"""mllm.batch: left-padded batched generation gives, at temperature 0, the answers of batch size 1 and of
-Assistant.chat, whatever the mix of prompt lengths and image counts; bad items are named."""
+"""mllm.batch: batched generation (the lean rows of mllm.llama_rows on the fast path, left-padded generate
+otherwise) gives, at temperature 0, the answers of batch size 1 and of Assistant.chat, whatever the mix of
+prompt lengths and image counts, at every precision; bad items are named."""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ from serve_support import lively_assistant, write_images
 
 from mllm.assistant import Assistant
 from mllm.batch import answer_batch, left_pad
+from mllm.bf16_linear import bf16_kernels_available
 from mllm.errors import MllmError
 
 
-@pytest.fixture(scope="module", params=["fp32", "fp16"])
+@pytest.fixture(scope="module", params=["fp32", "fp16", "bf16"])
 def assistant(request: pytest.FixtureRequest) -> Assistant:
-    """The lively tiny model at fp32 and at fp16 weights (activations are not quantized at fp16, so each row
-    of a batch is still computed on its own)."""
+    """The lively tiny model at fp32, fp16 weights and bf16 matmuls: the kernels of each compute a row of a
+    batch on its own."""
+    if request.param == "bf16" and not bf16_kernels_available():
+        pytest.skip("no oneDNN bf16 kernels on this CPU")
     return lively_assistant(precision=request.param)
 
 
@@ -46,6 +50,20 @@ def test_batched_answers_equal_batch_one(assistant: Assistant, images: dict[str,
         assert answer_batch(assistant, items, max_new_tokens=6, batch_size=batch_size) == one
     chat = assistant.chat([{"role": "user", "content": items[0][1]}], images=items[0][0], max_new_tokens=6)
     assert one[0] == chat.strip()
+
+
+def test_generate_fallback_gives_the_lean_answers(images: dict[str, Path]) -> None:
+    """`fast=False` batches through transformers' generate on left-padded prompts: the same answers (fp32)."""
+    lean = lively_assistant(precision="fp32")
+    plain = Assistant(lean.model, fast=False)
+    items = [
+        ([images["red"]], "What color is it?"),
+        ([], "A longer text-only question, so that the batch needs padding on the left."),
+        ([images["green"], images["blue"]], "Compare the two images."),
+    ]
+    assert answer_batch(plain, items, max_new_tokens=6, batch_size=3) == answer_batch(
+        lean, items, max_new_tokens=6, batch_size=3
+    )
 
 
 def test_progress_callback(assistant: Assistant, images: dict[str, Path]) -> None:

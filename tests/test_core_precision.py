@@ -1,4 +1,4 @@
-"""Inference precision (mllm.quantize): `auto` picks fp16 weights on a CPU, fp16 replies match fp32 on the
+"""Inference precision (mllm.quantize): `auto` picks bf16 matmuls on a CPU with AMX, else fp16 weights, fp16 replies match fp32 on the
 lively tiny model, int8 runs, and impossible requests fail with a clear message."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import torch
 from serve_support import TINY_CONFIG, lively_assistant
 
 import mllm
+from mllm.bf16_linear import amx_available
 from mllm.errors import MllmError
 from mllm.quantize import apply_precision, quantized_supported
 
@@ -18,11 +19,15 @@ def _linear_types(model: torch.nn.Module) -> set[str]:
     return {m._get_name() for name, m in model.llm.named_modules() if name.endswith(("q_proj", "lm_head"))}
 
 
-def test_auto_is_fp16_on_cpu_and_fp32_keeps_the_weights() -> None:
+def test_auto_is_reduced_precision_on_cpu_and_fp32_keeps_the_weights() -> None:
     assert quantized_supported(mllm.load(str(TINY_CONFIG), precision="fp32").model)
     auto = mllm.load(str(TINY_CONFIG))
-    assert auto.model.inference_precision == "fp16"
-    assert _linear_types(auto.model) == {"DynamicQuantizedLinear"}
+    if amx_available():  # bf16 matmuls where AMX tiles make them pay (tests/test_core_bf16.py)
+        assert auto.model.inference_precision == "bf16"
+        assert _linear_types(auto.model) == {"PackedBf16Linear", "DynamicQuantizedLinear"}
+    else:
+        assert auto.model.inference_precision == "fp16"
+        assert _linear_types(auto.model) == {"DynamicQuantizedLinear"}
     exact = mllm.load(str(TINY_CONFIG), precision="fp32")
     assert exact.model.inference_precision == "fp32" and _linear_types(exact.model) == {"Linear"}
 
@@ -41,7 +46,7 @@ def test_int8_runs_and_answers() -> None:
 
 
 def test_bad_precision_requests_are_refused() -> None:
-    with pytest.raises(MllmError, match="unknown precision 'int4'; valid: auto, fp32, fp16, int8"):
+    with pytest.raises(MllmError, match="unknown precision 'int4'; valid: auto, fp32, fp16, bf16, int8"):
         mllm.load(str(TINY_CONFIG), precision="int4")
     unmerged = mllm.load(str(TINY_CONFIG), fast=False)
     unmerged.model.inference_precision = "fp32"

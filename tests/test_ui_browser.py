@@ -172,9 +172,11 @@ def test_chat_in_browser(ui: WatchedUI, browser: object, tmp_path: Path) -> None
 
     # a follow-up that asks for a long reply, stopped mid-way: generation ends on the server
     page.click("text=Sampling")  # type: ignore[attr-defined]
-    page.fill("#mllm-max-new input[type=number]", str(LONG_CONTEXT - 200))  # type: ignore[attr-defined]
+    field = page.locator("#mllm-max-new input[type=number]")  # type: ignore[attr-defined]
+    field.wait_for(state="visible")  # the accordion opens with an animation: fill only once the field shows
+    field.fill(str(LONG_CONTEXT - 200))
     page.keyboard.press("Tab")  # type: ignore[attr-defined]
-    assert page.input_value("#mllm-max-new input[type=number]") == str(LONG_CONTEXT - 200)  # type: ignore[attr-defined]
+    assert field.input_value() == str(LONG_CONTEXT - 200)
     page.fill("#mllm-input textarea", "Tell me a very long story.")  # type: ignore[attr-defined]
     page.keyboard.press("Enter")  # type: ignore[attr-defined]
     deadline = time.monotonic() + 30
