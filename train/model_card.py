@@ -137,9 +137,9 @@ def render(release: Path, ablation: Path | None, notes: Path | None = None) -> s
         "",
         "## Results (normalized exact match, greedy decoding)",
         "",
-        "`weights` is the inference precision of the LLM's linear layers: fp16 is what `mllm.load` uses on a "
-        "CPU by default (mllm/quantize.py); the test split is also answered at fp32 to show the reduced "
-        "precision keeps the accuracy.",
+        "`weights` is the inference precision of the LLM's linear layers: what `mllm.load` uses by default on "
+        "the CPU that ran the evaluation (mllm/quantize.py: fp16 weights, or bf16 matmuls on CPUs with AMX); "
+        "the test split is also answered at fp32 to show the reduced precision keeps the accuracy.",
         "",
         *_vqa_table(evals),
         "",
