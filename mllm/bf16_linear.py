@@ -64,14 +64,21 @@ def pack_linears(module: nn.Module, skip: set[str] = frozenset()) -> int:
     return replaced
 
 
+def bf16_output(layer: PackedBf16Linear) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The layer as one op call that leaves its output in bf16 (for the lean loop: adding it to, or multiplying
+    it with, an fp32 tensor promotes it exactly, without a conversion op of its own)."""
+    op, packed, bias = torch.ops.mkldnn._linear_pointwise, layer.packed, layer.bias
+    return lambda x: op(x.to(torch.bfloat16), packed, bias, "none", [], "")
+
+
 def shared_input(*layers: PackedBf16Linear) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
-    """The layers' outputs (fp32) on one fp32 input, which is rounded to bf16 once for all of them."""
+    """The layers' outputs (bf16, as bf16_output) on one input, which is rounded to bf16 once for all of them."""
     op = torch.ops.mkldnn._linear_pointwise
     weights = [(layer.packed, layer.bias) for layer in layers]
 
     def outputs(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         xb = x.to(torch.bfloat16)
-        return tuple(op(xb, packed, bias, "none", [], "").to(x.dtype) for packed, bias in weights)
+        return tuple(op(xb, packed, bias, "none", [], "") for packed, bias in weights)
 
     return outputs
 
@@ -80,13 +87,14 @@ def fused_silu_mlp(
     gate: PackedBf16Linear, up: PackedBf16Linear, down: PackedBf16Linear
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """`down(silu(gate(x)) * up(x))` in three oneDNN calls, the activation fused into the gate GEMM and the
-    product into the up GEMM (their bf16 intermediates never leave the kernels as fp32); fp32 in, fp32 out."""
+    product into the up GEMM (their intermediates stay in bf16 inside the kernels); output in bf16, as
+    bf16_output."""
     op = torch.ops.mkldnn._linear_pointwise
 
     def mlp(x: torch.Tensor) -> torch.Tensor:
         xb = x.to(torch.bfloat16)
         activated = op(xb, gate.packed, gate.bias, "swish", [], "")  # oneDNN's swish with alpha 1 is SiLU
         hidden = op.binary(xb, activated, up.packed, up.bias, "mul")
-        return op(hidden, down.packed, down.bias, "none", [], "").to(x.dtype)
+        return op(hidden, down.packed, down.bias, "none", [], "")
 
     return mlp

@@ -109,7 +109,10 @@ def decode_rows(
     `max_new_tokens[i]` for prompt i) generated together on mllm.llama_rows, each with the arithmetic it gets
     alone; None when the LLM has no lean loop (the caller falls back to transformers' generate)."""
     lengths = [int(ids.shape[1]) for ids, _ in prompts]
-    rows = rows_for(model.llm, max(n + m for n, m in zip(lengths, max_new_tokens)), len(prompts))
+    # the cache starts with room for the prompts and a short answer, and grows only for long ones: a batch's
+    # rows times the whole context would hold hundreds of MB that short VQA answers never use
+    most = max(n + m for n, m in zip(lengths, max_new_tokens))
+    rows = rows_for(model.llm, most, len(prompts), capacity=max(lengths) + 16)
     if rows is None:
         return None
     # prompt by prompt: the vision tower's kernels round a batch of images differently from one image (by

@@ -3,10 +3,13 @@
 The linear layers run on every prompt's positions stacked into one matrix (one GEMM per layer for the whole
 batch, and no padding: this is where a batch pays off, as a GEMM over many rows is several times more efficient
 than over one prompt's), while attention runs prompt by prompt on its own row of the static cache, with the
-shapes the prompt alone would have. Each prompt therefore gets the arithmetic it gets alone, as long as the
-GEMM kernels compute a row independently of the others in the matrix (MKL's fp32, fbgemm's fp16 and oneDNN's
-bf16 do: tests/test_batch_generation.py holds batched answers to those of batch 1 and of Assistant.chat).
-Decode steps stack one row per unfinished prompt; finished prompts drop out of the GEMMs.
+shapes the prompt alone would have. Each prompt therefore gets the arithmetic it gets alone, bit for bit where
+the GEMM kernels compute a row independently of the others in the matrix: fbgemm's fp16 and oneDNN's bf16
+kernels do (the default precisions; tests/test_core_rows.py), MKL's fp32 sgemm picks its kernel by the number
+of rows, so at fp32 a row can differ in the last bits (tests/test_batch_generation.py holds batched answers to
+those of batch 1 and of Assistant.chat at every precision). Decode steps stack one row per unfinished prompt;
+finished prompts drop out of the GEMMs. The cache starts with the room the caller asks for and doubles when a
+row runs past it.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ class LlamaRows(LlamaStepper):
     """`rows` sequences on one static cache (a row each): `prefill_rows` computes their prompts, `step_rows` one
     more token for some of them."""
 
-    def __init__(self, llm: PreTrainedModel, max_length: int, rows: int) -> None:
-        super().__init__(llm, max_length, rows)
+    def __init__(self, llm: PreTrainedModel, max_length: int, rows: int, capacity: int | None = None) -> None:
+        super().__init__(llm, max_length, rows, capacity)
         self.lengths = [0] * rows
 
     def prefill_rows(self, inputs_embeds: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
@@ -87,7 +90,7 @@ class LlamaRows(LlamaStepper):
             q, k = q.view(count, heads, head_dim), k.view(count, kv_heads, head_dim)
             q = q * cos + q.roll(half, -1) * sin
             layer.keys[row_index, :, index] = k * cos + k.roll(half, -1) * sin
-            layer.values[row_index, :, index] = v.view(count, kv_heads, head_dim)
+            layer.values[row_index, :, index] = v.view(count, kv_heads, head_dim).to(layer.values.dtype)
             outs = [
                 F.scaled_dot_product_attention(
                     q[i].view(1, heads, 1, head_dim),
@@ -105,6 +108,8 @@ class LlamaRows(LlamaStepper):
         return self.head(norm(hidden, *self.final_norm))
 
 
-def rows_for(llm: torch.nn.Module, max_length: int, rows: int) -> LlamaRows | None:
+def rows_for(
+    llm: torch.nn.Module, max_length: int, rows: int, capacity: int | None = None
+) -> LlamaRows | None:
     """A LlamaRows when `lean_supported(llm)`; None otherwise (the caller keeps transformers' generate)."""
-    return LlamaRows(llm, max_length, rows) if lean_supported(llm) else None
+    return LlamaRows(llm, max_length, rows, capacity) if lean_supported(llm) else None

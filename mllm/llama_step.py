@@ -20,7 +20,7 @@ mllm.decoding.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -28,7 +28,7 @@ from torch.ao.nn.quantized import dynamic as quantized_dynamic
 from torch.nn import functional as F
 from transformers import LlamaForCausalLM, PreTrainedModel
 
-from mllm.bf16_linear import PackedBf16Linear, fused_silu_mlp, shared_input
+from mllm.bf16_linear import PackedBf16Linear, bf16_output, fused_silu_mlp, shared_input
 from mllm.prefix_cache import Layer
 from mllm.registry import Registry
 
@@ -38,10 +38,10 @@ Linear = Callable[[torch.Tensor], torch.Tensor]
 
 def direct_linear(module: nn.Module) -> Linear:
     """`module`'s forward as one op call: the fp16 packed GEMM of torch's dynamic fp16 Linear, `F.linear` of a
-    plain nn.Linear (the same op their forwards call), the forward of a bf16 layer without nn.Module's call
-    machinery; any other module is called as it is."""
+    plain nn.Linear (the same op their forwards call), oneDNN's op of a bf16 layer, its output left in bf16 (the
+    loop's arithmetic with fp32 tensors promotes it exactly); any other module is called as it is."""
     if isinstance(module, PackedBf16Linear):
-        return module.forward
+        return bf16_output(module)
     if isinstance(module, quantized_dynamic.Linear) and module._packed_params.dtype == torch.float16:
         packed = module._packed_params._packed_params
         fp16_gemm = torch.ops.quantized.linear_dynamic_fp16
@@ -110,7 +110,11 @@ class LlamaStepper:
     """One sequence on a static KV cache: `take_prefix` copies in cached prompt positions, `prefill` computes
     the rest of the prompt, then `step` decodes one token at a time."""
 
-    def __init__(self, llm: PreTrainedModel, max_length: int, rows: int = 1) -> None:
+    def __init__(
+        self, llm: PreTrainedModel, max_length: int, rows: int = 1, capacity: int | None = None
+    ) -> None:
+        """`max_length` positions at most; the cache is allocated for `capacity` of them (all by default) and
+        grows, doubling, as positions past it are computed."""
         config = llm.config
         layers = list(llm.model.layers)
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -128,7 +132,8 @@ class LlamaStepper:
         # faster than gathering them), the sign on the table
         self.half = half
         self.cos, self.signed_sin = cos[0], torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1)
-        shape = (len(layers), rows, self.kv_heads, max_length, self.head_dim)
+        self.capacity = min(max_length, capacity or max_length)
+        shape = (len(layers), rows, self.kv_heads, self.capacity, self.head_dim)
         self.keys = torch.empty(shape, device=device, dtype=dtype)  # only positions < length are ever read
         self.values = torch.empty(shape, device=device, dtype=dtype)
         self.layers = [
@@ -160,6 +165,22 @@ class LlamaStepper:
     def _check_room(self, length: int) -> None:
         if length > self.max_length:
             raise ValueError(f"prompt of {length} tokens is longer than the static cache ({self.max_length})")
+        if length > self.capacity:
+            self._grow(length)
+
+    def _grow(self, length: int) -> None:
+        """Reallocate the cache for at least `length` positions (double the capacity, at most max_length)."""
+        capacity = min(self.max_length, max(length, 2 * self.capacity))
+        old_keys, old_values = self.keys, self.values
+        shape = (*old_keys.shape[:3], capacity, old_keys.shape[4])
+        self.keys = old_keys.new_empty(shape)
+        self.values = old_values.new_empty(shape)
+        self.keys[:, :, :, : self.capacity] = old_keys
+        self.values[:, :, :, : self.capacity] = old_values
+        self.capacity = capacity
+        self.layers = [
+            replace(layer, keys=self.keys[i], values=self.values[i]) for i, layer in enumerate(self.layers)
+        ]
 
     def prefill(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
         """Logits [1, vocab] after the prompt embeddings [1, T, D], which go in at the next T positions."""
@@ -204,6 +225,8 @@ class LlamaStepper:
         position = self.length
         if position >= self.max_length:
             raise ValueError(f"the static cache holds {self.max_length} tokens")
+        if position >= self.capacity:
+            self._grow(position + 1)
         cos, sin, half = self.cos[position], self.signed_sin[position], self.half
         heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
         gqa = heads != kv_heads

@@ -1,0 +1,83 @@
+"""mllm.llama_rows: several prompts on one static cache give, row by row, the logits of each prompt on its own
+(the single-sequence lean loop): bit for bit where the GEMM kernels compute each row independently of the
+others (fbgemm's fp16, oneDNN's bf16), within float rounding at fp32 (MKL's sgemm picks its kernel by the
+number of rows). A cache that starts small and grows gives the logits of one allocated whole."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from serve_support import lively_assistant
+
+from mllm.bf16_linear import bf16_kernels_available
+from mllm.llama_rows import rows_for
+from mllm.llama_step import stepper_for
+
+
+@pytest.fixture(scope="module")
+def llm() -> torch.nn.Module:
+    return lively_assistant(precision="fp32").model.llm
+
+
+@pytest.fixture(scope="module", params=["fp32", "fp16", "bf16"])
+def any_llm(request: pytest.FixtureRequest) -> torch.nn.Module:
+    if request.param == "bf16" and not bf16_kernels_available():
+        pytest.skip("no oneDNN bf16 kernels on this CPU")
+    return lively_assistant(precision=request.param).model.llm
+
+
+def _prompts(llm: torch.nn.Module) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(5)
+    vocab = llm.config.vocab_size
+    with torch.inference_mode():
+        return [
+            llm.get_input_embeddings()(torch.randint(vocab, (1, n), generator=generator))[0]
+            for n in (7, 3, 12)
+        ]
+
+
+def test_rows_compute_what_each_prompt_computes_alone(any_llm: torch.nn.Module) -> None:
+    llm = any_llm
+    exact = not any(type(m) is torch.nn.Linear for m in llm.modules())  # fp16 / bf16 kernels, not MKL's sgemm
+
+    def same(a: torch.Tensor, b: torch.Tensor) -> None:
+        if exact:
+            assert torch.equal(a, b)
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+    prompts = _prompts(llm)
+    tokens = torch.tensor([11, 22, 33])
+    with torch.inference_mode():
+        rows = rows_for(llm, 20, len(prompts))
+        assert rows is not None
+        together = rows.prefill_rows(torch.cat(prompts), [len(p) for p in prompts])
+        after = rows.step_rows(tokens[[0, 2]], [0, 2])  # row 1 has finished: it drops out of the step
+        for index, prompt in enumerate(prompts):
+            alone = stepper_for(llm, 20)
+            same(alone.prefill(prompt[None]), together[index : index + 1])
+            if index != 1:
+                step = alone.step(tokens[index].view(1, 1))
+                same(step[0], after[[0, 2].index(index)])
+        assert rows.lengths == [8, 3, 13]
+
+
+def test_a_growing_cache_gives_the_logits_of_a_whole_one(llm: torch.nn.Module) -> None:
+    prompts = _prompts(llm)
+    lengths = [len(p) for p in prompts]
+    with torch.inference_mode():
+        whole = rows_for(llm, 40, 3)
+        small = rows_for(llm, 40, 3, capacity=4)  # grows in the prefill (12 positions), then twice in steps
+        assert small.capacity == 4
+        assert torch.equal(
+            whole.prefill_rows(torch.cat(prompts), lengths), small.prefill_rows(torch.cat(prompts), lengths)
+        )
+        tokens = torch.tensor([5, 6, 7])
+        for _ in range(20):
+            a, b = whole.step_rows(tokens, [0, 1, 2]), small.step_rows(tokens, [0, 1, 2])
+            assert torch.equal(a, b)
+            tokens = a.argmax(-1)
+        assert small.capacity >= 32 and small.capacity <= 40
+        with pytest.raises(ValueError, match="longer than the static cache"):
+            for _ in range(10):
+                small.step_rows(tokens, [0, 1, 2])
