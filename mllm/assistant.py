@@ -25,7 +25,7 @@ from mllm.generation import GenerationStats, TokenCounter, cut_at_stop, sampling
 from mllm.images import DEFAULT_MAX_PIXELS, ImageInput
 from mllm.limits import INFERENCE_PRECISIONS
 from mllm.model import MultimodalModel
-from mllm.prefix_cache import PrefixCache
+from mllm.prefix_cache import Layer, PrefixCache
 from mllm.processor import Message, place_images
 from mllm.quantize import apply_precision
 from mllm.registry import Registry
@@ -77,6 +77,8 @@ class Assistant:
         self.fast = fast
         self.max_pixels = DEFAULT_MAX_PIXELS
         self.prefix_cache = PrefixCache()  # fast path: prompts that start alike prefill only what is new
+        # batches (mllm.batch): the ids every one-message prompt starts with and their keys/values, once computed
+        self.prompt_header: tuple[list[int], list[Layer]] | None = None
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:

@@ -3,7 +3,8 @@ training.
 
 Prompts are encoded exactly as `Assistant.chat` encodes a one-message conversation and generated together, so
 that at temperature 0 the answers equal those of batch size 1: on the fast path of a Llama-architecture LLM by
-mllm.decoding.decode_rows (no padding; each prompt gets the arithmetic it gets alone), otherwise by
+mllm.decoding.decode_rows (no padding; each prompt gets the arithmetic it gets alone, starting from the keys and
+values of the chat template's opening that every prompt shares, computed once per assistant), otherwise by
 transformers' generate on the prompts left-padded to the longest of their batch (attention mask 0 on the
 padding).
 
@@ -19,10 +20,11 @@ from dataclasses import dataclass
 import torch
 
 from mllm.assistant import Assistant
-from mllm.decoding import decode_rows
+from mllm.decoding import decode_rows, header_layers
 from mllm.errors import MllmError
 from mllm.generation import sampling_kwargs
 from mllm.images import ImageInput
+from mllm.prefix_cache import Layer
 
 Item = tuple[Sequence[ImageInput], str]
 
@@ -59,6 +61,20 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Ten
     return input_ids, attention_mask
 
 
+def prompt_header(assistant: Assistant) -> tuple[list[int], list[Layer]] | None:
+    """The token ids every one-message prompt of `assistant` starts with (its chat template's system prompt and
+    user-turn opening: what two prompts differing only in their text share) and their keys and values, computed
+    once per assistant; None without a lean loop."""
+    if assistant.prompt_header is None:
+        first = assistant.prepare([{"role": "user", "content": "a"}])[0][0].tolist()
+        second = assistant.prepare([{"role": "user", "content": "b"}])[0][0].tolist()
+        ids = first[: next((i for i, (a, b) in enumerate(zip(first, second)) if a != b), len(first))]
+        layers = header_layers(assistant.model, ids)
+        assistant.prompt_header = (ids, layers) if layers is not None else ([], [])
+    ids, layers = assistant.prompt_header
+    return (ids, layers) if ids else None
+
+
 def generate_prompts(
     assistant: Assistant,
     prompts: Sequence[Prompt],
@@ -81,6 +97,7 @@ def generate_prompts(
             limits,
             temperature,
             top_p,
+            header=prompt_header(assistant),
         )
         if replies is not None:
             return [text.strip() for text in tokenizer.batch_decode(replies, skip_special_tokens=True)]

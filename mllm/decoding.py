@@ -18,7 +18,7 @@ from mllm.generation import GenerationStats, cut_at_stop, held_back
 from mllm.llama_rows import rows_for
 from mllm.llama_step import LlamaStepper, stepper_for
 from mllm.model import MultimodalModel
-from mllm.prefix_cache import Key, PrefixCache, cache_layers, prompt_key
+from mllm.prefix_cache import Key, Layer, PrefixCache, cache_layers, prompt_key
 
 
 def _warpers(temperature: float, top_p: float) -> LogitsProcessorList:
@@ -98,16 +98,33 @@ def decode_tokens(
 
 
 @torch.inference_mode()
+def header_layers(model: MultimodalModel, header: Sequence[int]) -> list[Layer] | None:
+    """The keys and values of `header` (token ids every prompt of a batch may start with: the chat template's
+    system prompt and user-turn opening) computed on their own from an empty cache, for decode_rows; None
+    without a lean loop or for an empty header."""
+    stepper = stepper_for(model.llm, len(header)) if header else None
+    if stepper is None:
+        return None
+    stepper.prefill(model.embed(torch.tensor([list(header)]), None))
+    return stepper.prefix()
+
+
+@torch.inference_mode()
 def decode_rows(
     model: MultimodalModel,
     prompts: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
     max_new_tokens: Sequence[int],
     temperature: float = 0.0,
     top_p: float = 1.0,
+    header: tuple[Sequence[int], Sequence[Layer]] | None = None,
 ) -> list[list[int]] | None:
     """New token ids for each of several single prompts ((input_ids [1, T], pixel_values or None) each, at most
     `max_new_tokens[i]` for prompt i) generated together on mllm.llama_rows, each with the arithmetic it gets
-    alone; None when the LLM has no lean loop (the caller falls back to transformers' generate)."""
+    alone; None when the LLM has no lean loop (the caller falls back to transformers' generate).
+
+    `header`: (ids, their keys and values from header_layers). A prompt that starts with some of those ids takes
+    their keys and values and prefills only the rest: the split depends on the prompt alone, so a prompt gets
+    the same arithmetic in any batch."""
     lengths = [int(ids.shape[1]) for ids, _ in prompts]
     # the cache starts with room for the prompts and a short answer, and grows only for long ones: a batch's
     # rows times the whole context would hold hundreds of MB that short VQA answers never use
@@ -115,14 +132,25 @@ def decode_rows(
     rows = rows_for(model.llm, most, len(prompts), capacity=max(lengths) + 16)
     if rows is None:
         return None
+    reused = [0] * len(prompts)
+    if header is not None:
+        header_ids, header_kv = header
+        for row, (ids, _) in enumerate(prompts):
+            reused[row] = min(_common_length(ids[0].tolist(), header_ids), lengths[row] - 1)
+            if reused[row]:
+                rows.take_prefix_row(
+                    row, [(k[:, :, : reused[row]], v[:, :, : reused[row]]) for k, v in header_kv]
+                )
     # prompt by prompt: the vision tower's kernels round a batch of images differently from one image (by
     # 1e-5), enough to flip a near-tie between two answers at bf16; its time is small next to the LLM's
-    inputs_embeds = torch.cat([model.embed(ids, pixel_values)[0] for ids, pixel_values in prompts])
+    inputs_embeds = torch.cat(
+        [model.embed(ids, pixel_values)[0, skip:] for (ids, pixel_values), skip in zip(prompts, reused)]
+    )
     eos_ids = eos_token_ids(model)
     warpers = _warpers(temperature, top_p)
     replies: list[list[int]] = [[] for _ in prompts]
     active = list(range(len(prompts)))
-    logits = rows.prefill_rows(inputs_embeds, lengths)
+    logits = rows.prefill_rows(inputs_embeds, [n - skip for n, skip in zip(lengths, reused)])
     while active:
         logits = logits.float()
         if temperature > 0:
@@ -140,6 +168,11 @@ def decode_rows(
         if active:
             logits = rows.step_rows(torch.tensor([replies[row][-1] for row in active]), active)
     return replies
+
+
+def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
 
 
 def _lean_prefill(

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from transformers import PreTrainedModel
 
 from mllm.llama_step import LlamaStepper, lean_supported
+from mllm.prefix_cache import Layer
 
 
 class LlamaRows(LlamaStepper):
@@ -31,21 +32,40 @@ class LlamaRows(LlamaStepper):
         super().__init__(llm, max_length, rows, capacity)
         self.lengths = [0] * rows
 
-    def prefill_rows(self, inputs_embeds: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
-        """Logits [rows, vocab] after each prompt; `inputs_embeds` [sum(lengths), D] holds the prompts' embeddings
-        one after another, prompt i going into cache row i from position 0."""
-        if len(lengths) != len(self.lengths) or sum(lengths) != inputs_embeds.shape[0]:
+    def take_prefix_row(self, row: int, layers: Sequence[Layer]) -> None:
+        """Copy a prompt prefix's keys and values (per layer [1, kv_heads, T, head_dim]) into cache `row`: its next
+        position computed is T."""
+        length = layers[0][0].shape[2] if layers else 0
+        self._check_room(length)
+        for index, (keys, values) in enumerate(layers):
+            self.keys[index, row, :, :length] = keys[0]
+            self.values[index, row, :, :length] = values[0]
+        self.lengths[row] = length
+
+    def prefill_rows(self, inputs_embeds: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
+        """Logits [rows, vocab] after each row's prompt; `inputs_embeds` [sum(counts), D] holds the rows' new
+        prompt positions one row after another, row i's `counts[i]` going in after the prefix already in it."""
+        if len(counts) != len(self.lengths) or sum(counts) != inputs_embeds.shape[0]:
             raise ValueError(
-                f"{len(lengths)} prompt lengths for {len(self.lengths)} rows and {inputs_embeds.shape[0]} positions"
+                f"{len(counts)} prompt lengths for {len(self.lengths)} rows and {inputs_embeds.shape[0]} positions"
             )
-        self._check_room(max(lengths))
+        firsts = list(self.lengths)
+        ends = [first + count for first, count in zip(firsts, counts)]
+        self._check_room(max(ends))
         heads, kv_heads, head_dim, half = self.heads, self.kv_heads, self.head_dim, self.half
         gqa = heads != kv_heads
         norm = self.norm
         total = inputs_embeds.shape[0]
-        starts = [sum(lengths[:i]) for i in range(len(lengths))]
-        positions = torch.cat([torch.arange(n, device=inputs_embeds.device) for n in lengths])
+        device = inputs_embeds.device
+        starts = [sum(counts[:i]) for i in range(len(counts))]
+        positions = torch.cat([torch.arange(first, end, device=device) for first, end in zip(firsts, ends)])
         cos, sin = self.cos[positions][:, None], self.signed_sin[positions][:, None]  # [total, 1, head_dim]
+        # as LlamaStepper.prefill: a row after a prefix sees it, its new positions before and itself (a mask);
+        # from an empty row that is SDPA's is_causal
+        masks = [
+            None if first == 0 else torch.ones(count, end, dtype=torch.bool, device=device).tril(first)
+            for first, count, end in zip(firsts, counts, ends)
+        ]
         hidden = inputs_embeds
         for layer in self.layers:
             q, k, v = layer.qkv(norm(hidden, *layer.input_norm))
@@ -54,22 +74,23 @@ class LlamaRows(LlamaStepper):
             k = k * cos + k.roll(half, -1) * sin
             v = v.view(total, kv_heads, head_dim)
             outs = []
-            for row, (start, count) in enumerate(zip(starts, lengths)):
-                layer.keys[row, :, :count] = k[start : start + count].transpose(0, 1)
-                layer.values[row, :, :count] = v[start : start + count].transpose(0, 1)
+            for row, (start, count, first, end) in enumerate(zip(starts, counts, firsts, ends)):
+                layer.keys[row, :, first:end] = k[start : start + count].transpose(0, 1)
+                layer.values[row, :, first:end] = v[start : start + count].transpose(0, 1)
                 out = F.scaled_dot_product_attention(
                     q[start : start + count].transpose(0, 1)[None],
-                    layer.keys[row : row + 1, :, :count],
-                    layer.values[row : row + 1, :, :count],
-                    is_causal=count > 1,
+                    layer.keys[row : row + 1, :, :end],
+                    layer.values[row : row + 1, :, :end],
+                    attn_mask=masks[row],
+                    is_causal=masks[row] is None and count > 1,
                     scale=self.scaling,
                     enable_gqa=gqa,
                 )
                 outs.append(out[0].transpose(0, 1).reshape(count, heads * head_dim))
             hidden = hidden + layer.o(torch.cat(outs))
             hidden = hidden + layer.mlp(norm(hidden, *layer.post_norm))
-        self.lengths = list(lengths)
-        last = torch.tensor([start + count - 1 for start, count in zip(starts, lengths)])
+        self.lengths = ends
+        last = torch.tensor([start + count - 1 for start, count in zip(starts, counts)])
         return self.head(norm(hidden[last], *self.final_norm))
 
     def step_rows(self, tokens: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 from serve_support import lively_assistant, write_images
 
 from mllm.assistant import Assistant
-from mllm.batch import answer_batch, left_pad
+from mllm.batch import answer_batch, encode_item, left_pad, prompt_header
 from mllm.bf16_linear import bf16_kernels_available
 from mllm.errors import MllmError
 
@@ -50,6 +50,20 @@ def test_batched_answers_equal_batch_one(assistant: Assistant, images: dict[str,
         assert answer_batch(assistant, items, max_new_tokens=6, batch_size=batch_size) == one
     chat = assistant.chat([{"role": "user", "content": items[0][1]}], images=items[0][0], max_new_tokens=6)
     assert one[0] == chat.strip()
+
+
+def test_prompt_header_is_what_every_prompt_starts_with(
+    assistant: Assistant, images: dict[str, Path]
+) -> None:
+    header = prompt_header(assistant)
+    assert header is not None
+    ids, layers = header
+    assert ids and len(layers) == assistant.model.llm.config.num_hidden_layers
+    assert layers[0][0].shape[2] == len(ids)
+    for question in ("Shape?", "What color is the biggest shape in this picture?"):
+        prompt = encode_item(assistant, [images["red"]], question).input_ids
+        assert prompt[: len(ids)] == ids
+        assert question not in assistant.tokenizer.decode(ids)
 
 
 def test_generate_fallback_gives_the_lean_answers(images: dict[str, Path]) -> None:

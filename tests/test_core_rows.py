@@ -81,3 +81,30 @@ def test_a_growing_cache_gives_the_logits_of_a_whole_one(llm: torch.nn.Module) -
         with pytest.raises(ValueError, match="longer than the static cache"):
             for _ in range(10):
                 small.step_rows(tokens, [0, 1, 2])
+
+
+def test_rows_after_a_shared_header_compute_what_each_prompt_computes_alone(any_llm: torch.nn.Module) -> None:
+    """Rows that start from a header's keys and values (computed once on their own) and prefill the rest give
+    what the single-sequence loop gives after the same prefix (the chat path on a prefix-cache hit)."""
+    llm = any_llm
+    exact = not any(type(m) is torch.nn.Linear for m in llm.modules())
+    header_ids = torch.tensor([[3, 14, 15, 92, 65]])
+    with torch.inference_mode():
+        embed = llm.get_input_embeddings()
+        header_stepper = stepper_for(llm, 5)
+        header_stepper.prefill(embed(header_ids))
+        header = header_stepper.prefix()
+        rests = [embed(torch.tensor([ids]))[0] for ids in ([7, 8, 9], [10], [11, 12, 13, 14, 15, 16])]
+        rows = rows_for(llm, 20, 3, capacity=6)
+        for row in range(3):
+            rows.take_prefix_row(row, header)
+        together = rows.prefill_rows(torch.cat(rests), [len(r) for r in rests])
+        assert rows.lengths == [8, 6, 11]
+        for index, rest in enumerate(rests):
+            alone = stepper_for(llm, 20)
+            alone.take_prefix(header)
+            logits = alone.prefill(rest[None])
+            if exact:
+                assert torch.equal(logits, together[index : index + 1])
+            else:
+                torch.testing.assert_close(logits, together[index : index + 1], rtol=1e-5, atol=1e-5)
