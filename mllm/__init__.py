@@ -25,8 +25,9 @@ def load(
     **llm_overrides: Any,
 ) -> Assistant:
     """Load an Assistant from `default`, a checkpoint folder or a model config YAML (imports torch lazily).
-    `fast` (default) merges LoRA and decodes with mllm's token loop at `precision` (auto: fp16 weights on CPUs
-    with the kernels for it; fp32); False uses transformers' generate in fp32."""
+    `fast` (default) merges LoRA and decodes with mllm's token loop at `precision` (auto: bf16 matmuls on CPUs
+    with AMX, else fp16 weights on CPUs with the kernels for it, else fp32); False uses transformers' generate
+    in fp32."""
     from mllm.assistant import load as _load
 
     return _load(

@@ -221,7 +221,8 @@ def load(
 ) -> Assistant:
     """Load an Assistant: `default` (the shipped assistant), a checkpoint folder, or a model config YAML.
     `fast` picks the merged-LoRA token loop (default) over transformers' generate, at inference `precision`
-    (mllm.quantize: `auto` is fp16 weights on CPUs with the kernels for it, `fp32` keeps the weights);
+    (mllm.quantize: `auto` is bf16 matmuls on CPUs with AMX, else fp16 weights on CPUs with the kernels for it,
+    `fp32` keeps the weights);
     `fast=False` is the plain fp32 path."""
     if load_in_4bit:
         llm_overrides["load_in_4bit"] = True

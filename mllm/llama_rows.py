@@ -4,10 +4,12 @@ The linear layers run on every prompt's positions stacked into one matrix (one G
 batch, and no padding: this is where a batch pays off, as a GEMM over many rows is several times more efficient
 than over one prompt's), while attention runs prompt by prompt on its own row of the static cache, with the
 shapes the prompt alone would have. Each prompt therefore gets the arithmetic it gets alone, bit for bit where
-the GEMM kernels compute a row independently of the others in the matrix: fbgemm's fp16 and oneDNN's bf16
-kernels do (the default precisions; tests/test_core_rows.py), MKL's fp32 sgemm picks its kernel by the number
-of rows, so at fp32 a row can differ in the last bits (tests/test_batch_generation.py holds batched answers to
-those of batch 1 and of Assistant.chat at every precision). Decode steps stack one row per unfinished prompt;
+the GEMM kernels compute a row independently of the others in the matrix: fbgemm's fp16 kernels do
+(tests/test_core_rows.py); MKL's fp32 sgemm picks its kernel by the number of rows, and oneDNN's bf16 kernels
+split a wide layer's reduction across threads for some matrix heights (the 1536-wide down projection at 160-250
+rows on the 2-core AMX host), so at fp32 and bf16 a row can differ in its last bits, which can flip a near-tie
+between two answers (1 of 256 shapes questions in one bf16 benchmark run; tests/test_batch_generation.py holds
+batched answers to those of batch 1 and of Assistant.chat at every precision on the tiny model). Decode steps stack one row per unfinished prompt;
 finished prompts drop out of the GEMMs. The cache starts with the room the caller asks for and doubles when a
 row runs past it.
 """

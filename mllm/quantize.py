@@ -15,7 +15,8 @@
   outputs of each matmul are rounded to bf16, the residual stream stays fp32. On CPUs with AMX tiles a prompt's
   prefill and a batch's steps run several times faster than at fp16; a single decode step reads the same bytes.
   The LM head stays at fp16 weights with fp32 logits (bf16 logits would tie near the top and flip greedy
-  choices). Batched answers equal single ones.
+  choices). Batched answers can differ from single ones in rare near-ties (oneDNN splits some reductions
+  across threads depending on the matrix height; mllm.llama_rows); fp16 keeps them identical.
 - `auto`: `bf16` on a CPU with AMX tiles, else `fp16` where fbgemm's kernels exist (a CPU LLM in fp32), else
   `fp32`.
 
@@ -146,7 +147,7 @@ def _int8(model: MultimodalModel) -> MultimodalModel:
 
 
 def resolve_precision(model: MultimodalModel, precision: str) -> str:
-    """`auto` -> `fp16` or `fp32` for this model; other names are checked against the registry."""
+    """`auto` -> `bf16`, `fp16` or `fp32` for this model; other names are checked against the registry."""
     if precision == "auto":
         if bf16_supported(model) and amx_available():
             return "bf16"

@@ -1,7 +1,7 @@
 """The `bf16` inference precision (mllm.bf16_linear on oneDNN's prepacked kernels): which layers it converts,
-that a row's result does not depend on the other rows of the matrix (what makes batched answers equal single
-ones), and that the lean loop's fused kernels stay within bf16 rounding of the model's own forward and give its
-greedy tokens. Skipped where torch has no oneDNN bf16 kernels for this CPU."""
+that its matmuls are fp32's within bf16 rounding, and that the lean loop's fused kernels stay within bf16
+rounding of the model's own forward and give its greedy tokens. Skipped where torch has no oneDNN bf16 kernels
+for this CPU."""
 
 from __future__ import annotations
 
@@ -44,19 +44,19 @@ def test_bf16_needs_merged_lora() -> None:
         apply_precision(MultimodalModel.build(config), "bf16")
 
 
-def test_a_row_does_not_depend_on_the_other_rows() -> None:
+def test_bf16_linear_is_fp32_within_bf16_rounding() -> None:
     torch.manual_seed(0)
     linear = nn.Linear(96, 160)
     layer = PackedBf16Linear(linear)
     x = torch.randn(300, 96)
     together = layer(x)
     assert together.dtype == torch.float32
-    for row in (0, 17, 299):
-        assert torch.equal(layer(x[row : row + 1])[0], together[row])
-    assert torch.equal(layer(x[40:126]), together[40:126])
     # bf16 rounding of inputs and weights: a few parts in a thousand of the fp32 result
     reference = F.linear(x, linear.weight, linear.bias)
     assert ((together - reference).abs().max() / reference.abs().max()) < 1e-2
+    # a row alone and the same row in a taller matrix agree to bf16 rounding (not always bit for bit: for some
+    # matrix heights oneDNN splits the reduction of a wide layer across threads, which rounds differently)
+    torch.testing.assert_close(layer(x[40:126]), together[40:126], rtol=1e-2, atol=1e-2)
 
 
 def test_fused_mlp_is_the_mlp_within_bf16_rounding() -> None:
