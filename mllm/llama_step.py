@@ -61,9 +61,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def rms_norm_fp32(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """rms_norm of fp32 hidden states, without its two conversions (no-ops at fp32, each still an op call)."""
-    variance = x.pow(2).mean(-1, keepdim=True)
-    return weight * (x * torch.rsqrt(variance + eps))
+    """rms_norm of fp32 hidden states in one op call (torch's RMSNorm: the same bits as LlamaRMSNorm at fp32,
+    held by the bit-for-bit tests of the lean loop against the model's forward; 2-3% of a decode step)."""
+    return F.rms_norm(x, weight.shape, weight, eps)
 
 
 @dataclass(frozen=True)
