@@ -20,13 +20,23 @@ from torch import nn
 
 
 def bf16_kernels_available() -> bool:
-    """Whether this torch build has oneDNN (mkldnn) with bf16 support on this CPU."""
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    """Whether this torch build has oneDNN (mkldnn) with the prepacked linear ops and bf16 support on this CPU
+    (the ops are the ones torch's CPU compiler uses; a build without them leaves `bf16` unavailable)."""
+    ops = torch.ops.mkldnn
+    return (
+        torch.backends.mkldnn.is_available()
+        and all(
+            hasattr(ops, name)
+            for name in ("_linear_pointwise", "_reorder_linear_weight", "_is_mkldnn_bf16_supported")
+        )
+        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
 
 
 def amx_available() -> bool:
     """Whether this CPU has AMX tiles with bf16 (where the bf16 kernels beat fp16 weights several times over)."""
-    return bf16_kernels_available() and torch.cpu._is_amx_tile_supported()
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch's CPU feature probe (absent before 2.3)
+    return bf16_kernels_available() and amx is not None and bool(amx())
 
 
 class PackedBf16Linear(nn.Module):
