@@ -24,7 +24,7 @@ from mllm.decoding import decode_rows, header_layers
 from mllm.errors import MllmError
 from mllm.generation import sampling_kwargs
 from mllm.images import ImageInput
-from mllm.prefix_cache import Layer
+from mllm.prefix_cache import Layer, common_length
 
 Item = tuple[Sequence[ImageInput], str]
 
@@ -68,7 +68,7 @@ def prompt_header(assistant: Assistant) -> tuple[list[int], list[Layer]] | None:
     if assistant.prompt_header is None:
         first = assistant.prepare([{"role": "user", "content": "a"}])[0][0].tolist()
         second = assistant.prepare([{"role": "user", "content": "b"}])[0][0].tolist()
-        ids = first[: next((i for i, (a, b) in enumerate(zip(first, second)) if a != b), len(first))]
+        ids = first[: common_length(first, second)]
         layers = header_layers(assistant.model, ids)
         assistant.prompt_header = (ids, layers) if layers is not None else ([], [])
     ids, layers = assistant.prompt_header

@@ -61,17 +61,12 @@ class PackedBf16Linear(nn.Module):
         )
 
 
-def pack_linears(module: nn.Module, skip: set[str] = frozenset()) -> int:
-    """Replace every `nn.Linear` under `module` (in place, recursively) by a PackedBf16Linear, except those whose
-    qualified name is in `skip`; returns how many were replaced."""
-    replaced = 0
-    for name, child in list(module.named_modules()):
-        for child_name, grandchild in list(child.named_children()):
-            full = f"{name}.{child_name}" if name else child_name
-            if type(grandchild) is nn.Linear and full not in skip:
-                setattr(child, child_name, PackedBf16Linear(grandchild))
-                replaced += 1
-    return replaced
+def pack_linears(module: nn.Module) -> None:
+    """Replace every `nn.Linear` under `module` (in place, recursively) by a PackedBf16Linear."""
+    for child in list(module.modules()):
+        for name, grandchild in list(child.named_children()):
+            if type(grandchild) is nn.Linear:
+                setattr(child, name, PackedBf16Linear(grandchild))
 
 
 def bf16_output(layer: PackedBf16Linear) -> Callable[[torch.Tensor], torch.Tensor]:

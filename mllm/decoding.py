@@ -18,7 +18,7 @@ from mllm.generation import GenerationStats, cut_at_stop, held_back
 from mllm.llama_rows import rows_for
 from mllm.llama_step import LlamaStepper, stepper_for
 from mllm.model import MultimodalModel
-from mllm.prefix_cache import Key, Layer, PrefixCache, cache_layers, prompt_key
+from mllm.prefix_cache import Key, Layer, PrefixCache, cache_layers, common_length, prompt_key
 
 
 def _warpers(temperature: float, top_p: float) -> LogitsProcessorList:
@@ -136,7 +136,7 @@ def decode_rows(
     if header is not None:
         header_ids, header_kv = header
         for row, (ids, _) in enumerate(prompts):
-            reused[row] = min(_common_length(ids[0].tolist(), header_ids), lengths[row] - 1)
+            reused[row] = min(common_length(ids[0].tolist(), header_ids), lengths[row] - 1)
             if reused[row]:
                 rows.take_prefix_row(
                     row, [(k[:, :, : reused[row]], v[:, :, : reused[row]]) for k, v in header_kv]
@@ -168,11 +168,6 @@ def decode_rows(
         if active:
             logits = rows.step_rows(torch.tensor([replies[row][-1] for row in active]), active)
     return replies
-
-
-def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    return next((i for i in range(n) if a[i] != b[i]), n)
 
 
 def _lean_prefill(

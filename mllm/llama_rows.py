@@ -37,12 +37,7 @@ class LlamaRows(LlamaStepper):
     def take_prefix_row(self, row: int, layers: Sequence[Layer]) -> None:
         """Copy a prompt prefix's keys and values (per layer [1, kv_heads, T, head_dim]) into cache `row`: its next
         position computed is T."""
-        length = layers[0][0].shape[2] if layers else 0
-        self._check_room(length)
-        for index, (keys, values) in enumerate(layers):
-            self.keys[index, row, :, :length] = keys[0]
-            self.values[index, row, :, :length] = values[0]
-        self.lengths[row] = length
+        self.lengths[row] = self._copy_prefix(row, layers)
 
     def prefill_rows(self, inputs_embeds: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
         """Logits [rows, vocab] after each row's prompt; `inputs_embeds` [sum(counts), D] holds the rows' new

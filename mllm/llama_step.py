@@ -149,12 +149,16 @@ class LlamaStepper:
     def take_prefix(self, layers: Sequence[Layer]) -> None:
         """Copy a prompt prefix's keys and values (per layer [1, kv_heads, T, head_dim]) into the static cache:
         the next position computed is T."""
+        self.length = self._copy_prefix(0, layers)
+
+    def _copy_prefix(self, row: int, layers: Sequence[Layer]) -> int:
+        """Copy a prefix's keys and values (per layer [1, kv_heads, T, head_dim]) into cache `row`; returns T."""
         length = layers[0][0].shape[2] if layers else 0
         self._check_room(length)
         for index, (keys, values) in enumerate(layers):
-            self.keys[index, :, :, :length] = keys
-            self.values[index, :, :, :length] = values
-        self.length = length
+            self.keys[index, row, :, :length] = keys[0]
+            self.values[index, row, :, :length] = values[0]
+        return length
 
     def prefix(self) -> list[Layer]:
         """Copies of the keys and values of the positions computed so far, per layer [1, kv_heads, T, head_dim]

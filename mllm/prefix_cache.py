@@ -51,7 +51,8 @@ def cache_layers(cache: DynamicCache) -> list[Layer]:
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
-def _common_length(a: Key, b: Key) -> int:
+def common_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading items `a` and `b` share."""
     n = min(len(a), len(b))
     for i in range(n):
         if a[i] != b[i]:
@@ -77,7 +78,7 @@ class PrefixCache:
         with self.lock:
             best, length = None, 0
             for stored in self.entries:
-                common = min(_common_length(stored, key), len(key) - 1)
+                common = min(common_length(stored, key), len(key) - 1)
                 if common > length:
                     best, length = stored, common
             if best is None or length < self.min_reuse:
