@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,9 @@ class UISettings:
     temperature: float = 0.2
     top_p: float = 1.0
     max_file_mb: float = 20.0  # largest upload Gradio accepts, per file (it answers 413 past it)
+    # the shortest time between two updates of a streaming reply: a fast model makes hundreds of tokens a
+    # second, and a browser that re-renders the growing message for each one stops answering (Stop included)
+    stream_interval_s: float = 0.1
 
 
 def load_examples(folder: Path = EXAMPLES_DIR) -> list[dict[str, Any]]:
@@ -134,10 +138,14 @@ class ChatUI:
             pieces = stream_reply(self.assistant, turns, settings)
         except MllmError as exc:
             raise gr.Error(str(exc)) from None
-        text = ""
+        text, shown, last = "", "", 0.0
         try:
             for piece in pieces:
                 text += piece
+                if time.monotonic() - last >= self.settings.stream_interval_s:
+                    yield text
+                    shown, last = text, time.monotonic()
+            if text != shown:
                 yield text
         finally:
             pieces.close()  # the user pressed stop (Gradio closes this generator): stop generating

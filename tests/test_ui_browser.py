@@ -84,9 +84,9 @@ def ui() -> Iterator[WatchedUI]:
     # a long context, so the reply that is stopped mid-way runs for seconds (16k tokens) even on a fast machine,
     # and a model that never ends a reply by itself (a random model's greedy path differs between machines)
     assistant = lively_assistant(context=LONG_CONTEXT, endless=True)
-    # 800 new tokens by default, so a reply streams long enough to be seen growing even where the tiny model
-    # decodes 160 tokens between two polls
-    settings = UISettings(port=free_port(), concurrency=2, max_new_tokens=800, temperature=0.0)
+    # 2400 new tokens by default, so a reply streams long enough to be seen growing in several of the UI's
+    # updates (at most 10 a second) even where the tiny model decodes thousands of tokens a second
+    settings = UISettings(port=free_port(), concurrency=2, max_new_tokens=2400, temperature=0.0)
     ui = WatchedUI(assistant, settings)
     ui.launch(block=False)
     yield ui

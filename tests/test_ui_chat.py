@@ -93,6 +93,22 @@ def test_respond_streams_stops_and_reports(ui: ChatUI, images: dict[str, Path]) 
         next(ui.respond({"text": "Many", "files": [str(images["red"])] * 5}, [], 0.0, 1.0, 8))
 
 
+def test_respond_spaces_out_updates_of_a_fast_reply(assistant: Assistant) -> None:
+    # every piece as it comes, and the same reply at most one update per 50 ms: a browser that re-renders the
+    # growing message for each of hundreds of tokens a second stops answering (its Stop button included)
+    every = ChatUI(assistant, UISettings(port=free_port(), stream_interval_s=0.0))
+    spaced = ChatUI(assistant, UISettings(port=free_port(), stream_interval_s=0.05))
+    message = {"text": "Talk.", "files": []}
+    pieces = list(every.respond(message, [], 0.0, 1.0, 300))
+    stamped = [(time.monotonic(), text) for text in spaced.respond(message, [], 0.0, 1.0, 300)]
+    texts = [text for _, text in stamped]
+    assert texts[-1] == pieces[-1], "the last update is not the whole reply"
+    assert all(b.startswith(a) and b != a for a, b in itertools.pairwise(texts))
+    assert 1 < len(texts) < len(pieces) / 2, (len(texts), len(pieces))
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(stamped[:-1])]
+    assert min(gaps) >= 0.05, gaps
+
+
 def test_chat_protocol_with_gradio_client(
     ui: ChatUI, images: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
