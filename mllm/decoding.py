@@ -125,22 +125,28 @@ def decode_rows(
     `header`: (ids, their keys and values from header_layers). A prompt that starts with some of those ids takes
     their keys and values and prefills only the rest: the split depends on the prompt alone, so a prompt gets
     the same arithmetic in any batch."""
+    header_ids, header_kv = header if header is not None else ([], [])
     lengths = [int(ids.shape[1]) for ids, _ in prompts]
+    reused = [min(common_length(ids[0].tolist(), header_ids), n - 1) for (ids, _), n in zip(prompts, lengths)]
+    # rows in order of (header taken, prompt length): equal shapes side by side share their attention calls
+    order = sorted(range(len(prompts)), key=lambda i: (reused[i], lengths[i]))
+    prompts = [prompts[i] for i in order]
+    lengths, reused, limits = (
+        [lengths[i] for i in order],
+        [reused[i] for i in order],
+        [max_new_tokens[i] for i in order],
+    )
     # the cache starts with room for the prompts and a short answer, and grows only for long ones: a batch's
     # rows times the whole context would hold hundreds of MB that short VQA answers never use
-    most = max(n + m for n, m in zip(lengths, max_new_tokens))
+    most = max(n + m for n, m in zip(lengths, limits))
     rows = rows_for(model.llm, most, len(prompts), capacity=max(lengths) + 16)
     if rows is None:
         return None
-    reused = [0] * len(prompts)
-    if header is not None:
-        header_ids, header_kv = header
-        for row, (ids, _) in enumerate(prompts):
-            reused[row] = min(common_length(ids[0].tolist(), header_ids), lengths[row] - 1)
-            if reused[row]:
-                rows.take_prefix_row(
-                    row, [(k[:, :, : reused[row]], v[:, :, : reused[row]]) for k, v in header_kv]
-                )
+    for skip in sorted(set(reused) - {0}):
+        rows.take_prefix_rows(
+            [row for row, taken in enumerate(reused) if taken == skip],
+            [(k[:, :, :skip], v[:, :, :skip]) for k, v in header_kv],
+        )
     # prompt by prompt: the vision tower's kernels round a batch of images differently from one image (by
     # 1e-5), enough to flip a near-tie between two answers at bf16; its time is small next to the LLM's
     inputs_embeds = torch.cat(
@@ -162,12 +168,15 @@ def decode_rows(
             if token in eos_ids:
                 continue
             replies[row].append(token)
-            if len(replies[row]) < max_new_tokens[row]:
+            if len(replies[row]) < limits[row]:
                 still.append(row)
         active = still
         if active:
             logits = rows.step_rows(torch.tensor([replies[row][-1] for row in active]), active)
-    return replies
+    in_order: list[list[int]] = [[] for _ in prompts]
+    for row, index in enumerate(order):
+        in_order[index] = replies[row]
+    return in_order
 
 
 def _lean_prefill(

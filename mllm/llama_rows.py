@@ -2,8 +2,10 @@
 
 The linear layers run on every prompt's positions stacked into one matrix (one GEMM per layer for the whole
 batch, and no padding: this is where a batch pays off, as a GEMM over many rows is several times more efficient
-than over one prompt's), while attention runs prompt by prompt on its own row of the static cache, with the
-shapes the prompt alone would have. Each prompt therefore gets the arithmetic it gets alone, bit for bit where
+than over one prompt's), while attention runs on each prompt's own row of the static cache with the shapes the
+prompt alone would have: neighbouring rows of the same shapes (mllm.decoding orders a batch by prompt length)
+in one SDPA call, which computes each of them as it would alone. Keys and values of all rows are written to the
+cache by one indexed copy per layer. Each prompt therefore gets the arithmetic it gets alone, bit for bit where
 the GEMM kernels compute a row independently of the others in the matrix: fbgemm's fp16 kernels do
 (tests/test_core_rows.py); MKL's fp32 sgemm picks its kernel by the number of rows, and oneDNN's bf16 kernels
 split a wide layer's reduction across threads for some matrix heights (the 1536-wide down projection at 160-250
@@ -34,10 +36,17 @@ class LlamaRows(LlamaStepper):
         super().__init__(llm, max_length, rows, capacity)
         self.lengths = [0] * rows
 
-    def take_prefix_row(self, row: int, layers: Sequence[Layer]) -> None:
-        """Copy a prompt prefix's keys and values (per layer [1, kv_heads, T, head_dim]) into cache `row`: its next
-        position computed is T."""
-        self.lengths[row] = self._copy_prefix(row, layers)
+    def take_prefix_rows(self, rows: Sequence[int], layers: Sequence[Layer]) -> None:
+        """Copy one prompt prefix's keys and values (per layer [1, kv_heads, T, head_dim]) into each cache row of
+        `rows` (one copy per layer for all of them): their next position computed is T."""
+        length = layers[0][0].shape[2] if layers else 0
+        self._check_room(length)
+        index = torch.tensor(list(rows))
+        for layer, (keys, values) in zip(self.layers, layers):
+            layer.keys[index, :, :length] = keys
+            layer.values[index, :, :length] = values
+        for row in rows:
+            self.lengths[row] = length
 
     def prefill_rows(self, inputs_embeds: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
         """Logits [rows, vocab] after each row's prompt; `inputs_embeds` [sum(counts), D] holds the rows' new
@@ -56,34 +65,39 @@ class LlamaRows(LlamaStepper):
         device = inputs_embeds.device
         starts = [sum(counts[:i]) for i in range(len(counts))]
         positions = torch.cat([torch.arange(first, end, device=device) for first, end in zip(firsts, ends)])
+        row_index = torch.repeat_interleave(torch.arange(len(counts), device=device), torch.tensor(counts))
         cos, sin = self.cos[positions][:, None], self.signed_sin[positions][:, None]  # [total, 1, head_dim]
+        # rows with the same prefix and prompt length next to each other share an SDPA call (a batch of the
+        # shapes each has alone: the kernel computes each on its own, bit for bit)
+        groups = _runs(list(zip(firsts, counts)))
         # as LlamaStepper.prefill: a row after a prefix sees it, its new positions before and itself (a mask);
         # from an empty row that is SDPA's is_causal
         masks = [
-            None if first == 0 else torch.ones(count, end, dtype=torch.bool, device=device).tril(first)
-            for first, count, end in zip(firsts, counts, ends)
+            None
+            if firsts[row] == 0
+            else torch.ones(counts[row], ends[row], dtype=torch.bool, device=device).tril(firsts[row])
+            for row, _ in groups
         ]
         hidden = inputs_embeds
         for layer in self.layers:
             q, k, v = layer.qkv(norm(hidden, *layer.input_norm))
             q, k = q.view(total, heads, head_dim), k.view(total, kv_heads, head_dim)
             q = q * cos + q.roll(half, -1) * sin
-            k = k * cos + k.roll(half, -1) * sin
-            v = v.view(total, kv_heads, head_dim)
+            layer.keys[row_index, :, positions] = k * cos + k.roll(half, -1) * sin
+            layer.values[row_index, :, positions] = v.view(total, kv_heads, head_dim).to(layer.values.dtype)
             outs = []
-            for row, (start, count, first, end) in enumerate(zip(starts, counts, firsts, ends)):
-                layer.keys[row, :, first:end] = k[start : start + count].transpose(0, 1)
-                layer.values[row, :, first:end] = v[start : start + count].transpose(0, 1)
+            for (row, size), mask in zip(groups, masks):
+                start, count, end = starts[row], counts[row], ends[row]
                 out = F.scaled_dot_product_attention(
-                    q[start : start + count].transpose(0, 1)[None],
-                    layer.keys[row : row + 1, :, :end],
-                    layer.values[row : row + 1, :, :end],
-                    attn_mask=masks[row],
-                    is_causal=masks[row] is None and count > 1,
+                    q[start : start + size * count].view(size, count, heads, head_dim).transpose(1, 2),
+                    layer.keys[row : row + size, :, :end],
+                    layer.values[row : row + size, :, :end],
+                    attn_mask=mask,
+                    is_causal=mask is None and count > 1,
                     scale=self.scaling,
                     enable_gqa=gqa,
                 )
-                outs.append(out[0].transpose(0, 1).reshape(count, heads * head_dim))
+                outs.append(out.transpose(1, 2).reshape(size * count, heads * head_dim))
             hidden = hidden + layer.o(torch.cat(outs))
             hidden = hidden + layer.mlp(norm(hidden, *layer.post_norm))
         self.lengths = ends
@@ -103,6 +117,8 @@ class LlamaRows(LlamaStepper):
         row_index = torch.tensor(list(rows))
         cos, sin = self.cos[index][:, None], self.signed_sin[index][:, None]  # [count, 1, head_dim]
         hidden = F.embedding(tokens, self.embedding)  # [count, D]
+        # neighbouring rows at the same position share an SDPA call, as in prefill_rows
+        groups = _runs([(row - i, position) for i, (row, position) in enumerate(zip(rows, positions))])
         for layer in self.layers:
             q, k, v = layer.qkv(norm(hidden, *layer.input_norm))
             q, k = q.view(count, heads, head_dim), k.view(count, kv_heads, head_dim)
@@ -111,19 +127,30 @@ class LlamaRows(LlamaStepper):
             layer.values[row_index, :, index] = v.view(count, kv_heads, head_dim).to(layer.values.dtype)
             outs = [
                 F.scaled_dot_product_attention(
-                    q[i].view(1, heads, 1, head_dim),
-                    layer.keys[row : row + 1, :, : position + 1],
-                    layer.values[row : row + 1, :, : position + 1],
+                    q[i : i + size].view(size, heads, 1, head_dim),
+                    layer.keys[rows[i] : rows[i] + size, :, : positions[i] + 1],
+                    layer.values[rows[i] : rows[i] + size, :, : positions[i] + 1],
                     scale=self.scaling,
                     enable_gqa=gqa,
                 )
-                for i, (row, position) in enumerate(zip(rows, positions))
+                for i, size in groups
             ]
             hidden = hidden + layer.o(torch.cat(outs).reshape(count, heads * head_dim))
             hidden = hidden + layer.mlp(norm(hidden, *layer.post_norm))
         for row in rows:
             self.lengths[row] += 1
         return self.head(norm(hidden, *self.final_norm))
+
+
+def _runs(keys: Sequence[object]) -> list[tuple[int, int]]:
+    """(first index, length) of each run of equal neighbours in `keys`."""
+    runs: list[tuple[int, int]] = []
+    for index, key in enumerate(keys):
+        if runs and keys[runs[-1][0]] == key:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((index, 1))
+    return runs
 
 
 def rows_for(

@@ -60,7 +60,7 @@ def _prompts(llm: torch.nn.Module) -> list[torch.Tensor]:
     with torch.inference_mode():
         return [
             llm.get_input_embeddings()(torch.randint(vocab, (1, n), generator=generator))[0]
-            for n in (7, 3, 12)
+            for n in (7, 7, 3, 12, 12, 12)
         ]
 
 
@@ -68,24 +68,25 @@ def test_rows_compute_what_each_prompt_computes_alone(any_llm: torch.nn.Module) 
     llm = any_llm
     same = _agreement(llm)
 
-    prompts = _prompts(llm)
-    tokens = torch.tensor([11, 22, 33])
-    with torch.inference_mode():
+    prompts = _prompts(llm)  # neighbours of equal length share their attention calls
+    tokens = torch.tensor([11, 22, 33, 44, 55, 66])
+    stepping = [0, 1, 2, 4, 5]  # row 3 has finished: it drops out of the step, and rows 2 and 4 are no longer
+    with torch.inference_mode():  # neighbours
         rows = rows_for(llm, 20, len(prompts))
         assert rows is not None
         together = rows.prefill_rows(torch.cat(prompts), [len(p) for p in prompts])
-        after = rows.step_rows(tokens[[0, 2]], [0, 2])  # row 1 has finished: it drops out of the step
+        after = rows.step_rows(tokens[stepping], stepping)
         for index, prompt in enumerate(prompts):
             alone = stepper_for(llm, 20)
             same(alone.prefill(prompt[None]), together[index : index + 1])
-            if index != 1:
+            if index in stepping:
                 step = alone.step(tokens[index].view(1, 1))
-                same(step[0], after[[0, 2].index(index)])
-        assert rows.lengths == [8, 3, 13]
+                same(step[0], after[stepping.index(index)])
+        assert rows.lengths == [8, 8, 4, 12, 13, 13]
 
 
 def test_a_growing_cache_gives_the_logits_of_a_whole_one(llm: torch.nn.Module) -> None:
-    prompts = _prompts(llm)
+    prompts = _prompts(llm)[2:5]
     lengths = [len(p) for p in prompts]
     with torch.inference_mode():
         whole = rows_for(llm, 40, 3)
@@ -116,12 +117,13 @@ def test_rows_after_a_shared_header_compute_what_each_prompt_computes_alone(any_
         header_stepper = stepper_for(llm, 5)
         header_stepper.prefill(embed(header_ids))
         header = header_stepper.prefix()
-        rests = [embed(torch.tensor([ids]))[0] for ids in ([7, 8, 9], [10], [11, 12, 13, 14, 15, 16])]
-        rows = rows_for(llm, 20, 3, capacity=6)
-        for row in range(3):
-            rows.take_prefix_row(row, header)
+        rests = [
+            embed(torch.tensor([ids]))[0] for ids in ([7, 8, 9], [17, 18, 19], [10], [11, 12, 13, 14, 15, 16])
+        ]
+        rows = rows_for(llm, 20, 4, capacity=6)
+        rows.take_prefix_rows(range(4), header)
         together = rows.prefill_rows(torch.cat(rests), [len(r) for r in rests])
-        assert rows.lengths == [8, 6, 11]
+        assert rows.lengths == [8, 8, 6, 11]
         for index, rest in enumerate(rests):
             alone = stepper_for(llm, 20)
             alone.take_prefix(header)
