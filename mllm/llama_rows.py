@@ -24,7 +24,7 @@ import torch
 from torch.nn import functional as F
 from transformers import PreTrainedModel
 
-from mllm.llama_step import LlamaStepper, lean_supported
+from mllm.llama_step import LlamaStepper, lean_supported, runs
 from mllm.prefix_cache import Layer
 
 
@@ -55,54 +55,9 @@ class LlamaRows(LlamaStepper):
             raise ValueError(
                 f"{len(counts)} prompt lengths for {len(self.lengths)} rows and {inputs_embeds.shape[0]} positions"
             )
-        firsts = list(self.lengths)
-        ends = [first + count for first, count in zip(firsts, counts)]
-        self._check_room(max(ends))
-        heads, kv_heads, head_dim, half = self.heads, self.kv_heads, self.head_dim, self.half
-        gqa = heads != kv_heads
-        norm = self.norm
-        total = inputs_embeds.shape[0]
-        device = inputs_embeds.device
-        starts = [sum(counts[:i]) for i in range(len(counts))]
-        positions = torch.cat([torch.arange(first, end, device=device) for first, end in zip(firsts, ends)])
-        row_index = torch.repeat_interleave(torch.arange(len(counts), device=device), torch.tensor(counts))
-        cos, sin = self.cos[positions][:, None], self.signed_sin[positions][:, None]  # [total, 1, head_dim]
-        # rows with the same prefix and prompt length next to each other share an SDPA call (a batch of the
-        # shapes each has alone: the kernel computes each on its own, bit for bit)
-        groups = _runs(list(zip(firsts, counts)))
-        # as LlamaStepper.prefill: a row after a prefix sees it, its new positions before and itself (a mask);
-        # from an empty row that is SDPA's is_causal
-        masks = [
-            None
-            if firsts[row] == 0
-            else torch.ones(counts[row], ends[row], dtype=torch.bool, device=device).tril(firsts[row])
-            for row, _ in groups
-        ]
-        hidden = inputs_embeds
-        for layer in self.layers:
-            q, k, v = layer.qkv(norm(hidden, *layer.input_norm))
-            q, k = q.view(total, heads, head_dim), k.view(total, kv_heads, head_dim)
-            q = q * cos + q.roll(half, -1) * sin
-            layer.keys[row_index, :, positions] = k * cos + k.roll(half, -1) * sin
-            layer.values[row_index, :, positions] = v.view(total, kv_heads, head_dim).to(layer.values.dtype)
-            outs = []
-            for (row, size), mask in zip(groups, masks):
-                start, count, end = starts[row], counts[row], ends[row]
-                out = F.scaled_dot_product_attention(
-                    q[start : start + size * count].view(size, count, heads, head_dim).transpose(1, 2),
-                    layer.keys[row : row + size, :, :end],
-                    layer.values[row : row + size, :, :end],
-                    attn_mask=mask,
-                    is_causal=mask is None and count > 1,
-                    scale=self.scaling,
-                    enable_gqa=gqa,
-                )
-                outs.append(out.transpose(1, 2).reshape(size * count, heads * head_dim))
-            hidden = hidden + layer.o(torch.cat(outs))
-            hidden = hidden + layer.mlp(norm(hidden, *layer.post_norm))
-        self.lengths = ends
-        last = torch.tensor([start + count - 1 for start, count in zip(starts, counts)])
-        return self.head(norm(hidden[last], *self.final_norm))
+        logits = self._prefill(inputs_embeds, self.lengths, counts)
+        self.lengths = [first + count for first, count in zip(self.lengths, counts)]
+        return logits
 
     def step_rows(self, tokens: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
         """Logits [len(rows), vocab] of the token after `tokens` ([len(rows)] ids), which go in at the next
@@ -117,8 +72,8 @@ class LlamaRows(LlamaStepper):
         row_index = torch.tensor(list(rows))
         cos, sin = self.cos[index][:, None], self.signed_sin[index][:, None]  # [count, 1, head_dim]
         hidden = F.embedding(tokens, self.embedding)  # [count, D]
-        # neighbouring rows at the same position share an SDPA call, as in prefill_rows
-        groups = _runs([(row - i, position) for i, (row, position) in enumerate(zip(rows, positions))])
+        # neighbouring rows at the same position share an SDPA call, as in the prefill
+        groups = runs([(row - i, position) for i, (row, position) in enumerate(zip(rows, positions))])
         for layer in self.layers:
             q, k, v = layer.qkv(norm(hidden, *layer.input_norm))
             q, k = q.view(count, heads, head_dim), k.view(count, kv_heads, head_dim)
@@ -135,22 +90,13 @@ class LlamaRows(LlamaStepper):
                 )
                 for i, size in groups
             ]
-            hidden = hidden + layer.o(torch.cat(outs).reshape(count, heads * head_dim))
+            hidden = hidden + layer.o(
+                (outs[0] if len(outs) == 1 else torch.cat(outs)).reshape(count, heads * head_dim)
+            )
             hidden = hidden + layer.mlp(norm(hidden, *layer.post_norm))
         for row in rows:
             self.lengths[row] += 1
         return self.head(norm(hidden, *self.final_norm))
-
-
-def _runs(keys: Sequence[object]) -> list[tuple[int, int]]:
-    """(first index, length) of each run of equal neighbours in `keys`."""
-    runs: list[tuple[int, int]] = []
-    for index, key in enumerate(keys):
-        if runs and keys[runs[-1][0]] == key:
-            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
-        else:
-            runs.append((index, 1))
-    return runs
 
 
 def rows_for(

@@ -188,41 +188,65 @@ class LlamaStepper:
 
     def prefill(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
         """Logits [1, vocab] after the prompt embeddings [1, T, D], which go in at the next T positions."""
-        start, count = self.length, inputs_embeds.shape[1]
-        end = start + count
-        self._check_room(end)
-        cos, sin, half = self.cos[start:end], self.signed_sin[start:end], self.half
-        heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
+        count = inputs_embeds.shape[1]
+        logits = self._prefill(inputs_embeds[0], [self.length], [count])
+        self.length += count
+        return logits
+
+    def _prefill(
+        self, inputs_embeds: torch.Tensor, firsts: Sequence[int], counts: Sequence[int]
+    ) -> torch.Tensor:
+        """Logits [rows, vocab] after each row's new prompt positions: `inputs_embeds` [sum(counts), D] holds them
+        one row after another, row i's `counts[i]` going in at positions `firsts[i]` onwards of cache row i. The
+        linear layers run on all rows' positions stacked; attention on each row's own cache with the shapes it has
+        alone, equal-shaped neighbours in one SDPA call (the kernel computes each of them as it would alone)."""
+        ends = [first + count for first, count in zip(firsts, counts)]
+        self._check_room(max(ends))
+        heads, kv_heads, head_dim, half = self.heads, self.kv_heads, self.head_dim, self.half
         gqa = heads != kv_heads
         norm = self.norm
-        # position start + i sees the cached prefix, the new positions before it and itself; from an empty cache
+        total = inputs_embeds.shape[0]
+        device = inputs_embeds.device
+        starts = [sum(counts[:i]) for i in range(len(counts))]
+        positions = torch.cat([torch.arange(first, end, device=device) for first, end in zip(firsts, ends)])
+        cos, sin = self.cos[positions][:, None], self.signed_sin[positions][:, None]  # [total, 1, head_dim]
+        groups = runs(list(zip(firsts, counts)))
+        # position first + i sees the cached prefix, the new positions before it and itself; from an empty cache
         # that is SDPA's is_causal, as transformers passes it (its kernel then differs in the last bits)
-        mask = (
+        masks = [
             None
-            if start == 0
-            else torch.ones(count, end, dtype=torch.bool, device=inputs_embeds.device).tril(start)
-        )
-        hidden = inputs_embeds[0]  # [T, D]
+            if firsts[row] == 0
+            else torch.ones(counts[row], ends[row], dtype=torch.bool, device=device).tril(firsts[row])
+            for row, _ in groups
+        ]
+        hidden = inputs_embeds
         for layer in self.layers:
             q, k, v = layer.qkv(norm(hidden, *layer.input_norm))
-            q = q.view(count, heads, head_dim).transpose(0, 1)
-            k = k.view(count, kv_heads, head_dim).transpose(0, 1)
+            q, k = q.view(total, heads, head_dim), k.view(total, kv_heads, head_dim)
             q = q * cos + q.roll(half, -1) * sin
-            layer.keys[0, :, start:end] = k * cos + k.roll(half, -1) * sin
-            layer.values[0, :, start:end] = v.view(count, kv_heads, head_dim).transpose(0, 1)
-            out = F.scaled_dot_product_attention(
-                q[None],
-                layer.keys[:1, :, :end],
-                layer.values[:1, :, :end],
-                attn_mask=mask,
-                is_causal=mask is None and count > 1,
-                scale=self.scaling,
-                enable_gqa=gqa,
-            )
-            hidden = hidden + layer.o(out[0].transpose(0, 1).reshape(count, heads * head_dim))
+            k = k * cos + k.roll(half, -1) * sin
+            v = v.view(total, kv_heads, head_dim)
+            # a copy per row (for a single prompt faster than one indexed copy of all positions)
+            for row, (start, first, end) in enumerate(zip(starts, firsts, ends)):
+                layer.keys[row, :, first:end] = k[start : start + end - first].transpose(0, 1)
+                layer.values[row, :, first:end] = v[start : start + end - first].transpose(0, 1)
+            outs = []
+            for (row, size), mask in zip(groups, masks):
+                start, count, end = starts[row], counts[row], ends[row]
+                out = F.scaled_dot_product_attention(
+                    q[start : start + size * count].view(size, count, heads, head_dim).transpose(1, 2),
+                    layer.keys[row : row + size, :, :end],
+                    layer.values[row : row + size, :, :end],
+                    attn_mask=mask,
+                    is_causal=mask is None and count > 1,
+                    scale=self.scaling,
+                    enable_gqa=gqa,
+                )
+                outs.append(out.transpose(1, 2).reshape(size * count, heads * head_dim))
+            hidden = hidden + layer.o(outs[0] if len(outs) == 1 else torch.cat(outs))
             hidden = hidden + layer.mlp(norm(hidden, *layer.post_norm))
-        self.length = end
-        return self.head(norm(hidden[-1:], *self.final_norm))
+        last = torch.tensor([start + count - 1 for start, count in zip(starts, counts)], device=device)
+        return self.head(norm(hidden[last], *self.final_norm))
 
     def step(self, token: torch.Tensor) -> torch.Tensor:
         """Logits [1, vocab] of the token after `token` ([1, 1] id), which goes in at the next position."""
@@ -255,6 +279,17 @@ class LlamaStepper:
 
 
 STEPPERS.add("llama", LlamaStepper)
+
+
+def runs(keys: Sequence[object]) -> list[tuple[int, int]]:
+    """(first index, length) of each run of equal neighbours in `keys`."""
+    found: list[tuple[int, int]] = []
+    for index, key in enumerate(keys):
+        if found and keys[found[-1][0]] == key:
+            found[-1] = (found[-1][0], found[-1][1] + 1)
+        else:
+            found.append((index, 1))
+    return found
 
 
 def lean_supported(llm: nn.Module) -> bool:
