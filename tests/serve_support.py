@@ -1,6 +1,7 @@
-"""Helpers shared by the serving tests: the tiny random model with weights scaled up so that its greedy
+"""Helpers shared by the serving and core tests: the tiny random model with weights scaled up so that its greedy
 replies vary from prompt to prompt (a freshly initialised tiny model answers every prompt with newlines),
-saved as a self-contained checkpoint, and small test images."""
+saved as a self-contained checkpoint, small test images, and the LLM's own forward for one token (what the
+lean loop is held to)."""
 
 from __future__ import annotations
 
@@ -90,3 +91,9 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def forward_one(llm: torch.nn.Module, token: torch.Tensor, cache: object, position: int) -> torch.Tensor:
+    """Logits [1, vocab] of the LLM's own forward for `token` ([1, 1] id) at `position` on its `cache`."""
+    out = llm(input_ids=token, past_key_values=cache, use_cache=True, position_ids=torch.tensor([[position]]))
+    return out.logits[:, -1]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from serve_support import TINY_CONFIG, lively_assistant
+from serve_support import TINY_CONFIG, forward_one, lively_assistant
 from torch import nn
 from torch.nn import functional as F
 
@@ -93,9 +93,4 @@ def test_lean_loop_follows_the_model_forward_at_bf16() -> None:
             token = plain.argmax(-1, keepdim=True)
             assert torch.equal(lean.argmax(-1, keepdim=True), token), f"greedy token differs at {position}"
             lean = stepper.step(token)
-            plain = llm(
-                input_ids=token,
-                past_key_values=cache,
-                use_cache=True,
-                position_ids=torch.tensor([[position]]),
-            ).logits[:, -1]
+            plain = forward_one(llm, token, cache, position)

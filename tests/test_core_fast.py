@@ -8,6 +8,7 @@ import threading
 import pytest
 import torch
 from PIL import Image
+from serve_support import forward_one
 
 from mllm.assistant import Assistant, merge_for_inference
 from mllm.config import load_model_config
@@ -133,12 +134,7 @@ def test_lean_step_computes_what_the_model_forward_computes(tiny_config_path, pr
         stepper.take_prefix(cache_layers(cache))  # a copy: the model's own forward goes on with `cache`
         for position in range(ids.shape[1], ids.shape[1] + 8):
             lean = stepper.step(token)
-            plain = llm(
-                input_ids=token,
-                past_key_values=cache,
-                use_cache=True,
-                position_ids=torch.tensor([[position]]),
-            ).logits[:, -1]
+            plain = forward_one(llm, token, cache, position)
             assert torch.equal(lean, plain), f"logits differ at position {position} ({precision})"
             token = plain.argmax(-1, keepdim=True)
         with pytest.raises(ValueError, match="static cache holds"):
