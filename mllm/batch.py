@@ -126,7 +126,7 @@ def answer_batch(
     assistant: Assistant,
     items: Sequence[Item],
     max_new_tokens: int = 64,
-    batch_size: int = 8,
+    batch_size: int = 16,
     temperature: float = 0.0,
     top_p: float = 1.0,
     progress: Callable[[int], None] | None = None,

@@ -209,7 +209,12 @@ def _register_vqa(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--image-folder", metavar="DIR", help="folder the questions' image names are relative to")
     p.add_argument("--answers", metavar="OUT.jsonl", help="answers file (appended; answered ids are skipped)")
-    p.add_argument("--batch-size", type=_positive, default=8, help="prompts per batch (default: %(default)s)")
+    p.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=16,
+        help="prompts per batch (default: %(default)s, the fastest of 8, 16, 32 and 64 on a 2-core CPU)",
+    )
     p.add_argument("--model-id", help="model_id written in the answers (default: the model's name)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_sampling_args(p, max_new_tokens=128, temperature=0.0)

@@ -165,7 +165,7 @@ def run_questions(
     questions_path: Path,
     image_folder: Path,
     answers_path: Path,
-    batch_size: int = 8,
+    batch_size: int = 16,
     max_new_tokens: int = 128,
     temperature: float = 0.0,
     top_p: float = 1.0,
