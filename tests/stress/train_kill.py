@@ -1,5 +1,5 @@
 """SIGKILL a training run at random points and resume it (issue 7). A tiny align run (`mllm train` on the tiny
-random model, a checkpoint every step) is first run uninterrupted; then the same run is killed with SIGKILL
+random model, a checkpoint every step) is first run once to warm up and once uninterrupted; then the same run is killed with SIGKILL
 at K random points (default 5: the first anywhere from start-up to its first checkpoint, the others at a random
 moment of a step after the run has made progress, so some land while a checkpoint is being written) and
 resumed with `--resume` after each. Checked after every kill: the newest visible checkpoint is complete
@@ -72,6 +72,13 @@ def run(kills: int, steps: int, seed: int) -> dict:
     work = Path(tempfile.mkdtemp(prefix="mllm-train-kill-"))
     data = make_data(work / "shapes")
     fields = {"max_steps": steps, "save_every": 1}
+    # a first start pays one-time costs (DeepSpeed builds a CPU op, ~20 s) that would stretch the timings the
+    # kills are placed by: run the job once before the timed uninterrupted run
+    warmup = start(
+        write_config(work / "warmup.yaml", data, work / "warmup", **fields), work / "warmup.log", False
+    )
+    if warmup.wait() != 0:
+        raise RuntimeError(f"the warm-up run failed; see {work / 'warmup.log'}")
     straight_config = write_config(work / "straight.yaml", data, work / "straight", **fields)
     started = time.monotonic()
     proc = start(straight_config, work / "straight.log", resume=False)
