@@ -4,8 +4,8 @@ The linear layers run on every prompt's positions stacked into one matrix (one G
 batch, and no padding: this is where a batch pays off, as a GEMM over many rows is several times more efficient
 than over one prompt's), while attention runs on each prompt's own row of the static cache with the shapes the
 prompt alone would have: neighbouring rows of the same shapes (mllm.decoding orders a batch by prompt length)
-in one SDPA call, which computes each of them as it would alone. Keys and values of all rows are written to the
-cache by one indexed copy per layer. Each prompt therefore gets the arithmetic it gets alone, bit for bit where
+in one SDPA call, which computes each of them as it would alone. A decode step writes all its rows' keys and
+values into the cache by one indexed copy per layer. Each prompt therefore gets the arithmetic it gets alone, bit for bit where
 the GEMM kernels compute a row independently of the others in the matrix: fbgemm's fp16 kernels do
 (tests/test_core_rows.py); MKL's fp32 sgemm picks its kernel by the number of rows, and oneDNN's bf16 kernels
 split a wide layer's reduction across threads for some matrix heights (the 1536-wide down projection at 160-250
@@ -39,12 +39,7 @@ class LlamaRows(LlamaStepper):
     def take_prefix_rows(self, rows: Sequence[int], layers: Sequence[Layer]) -> None:
         """Copy one prompt prefix's keys and values (per layer [1, kv_heads, T, head_dim]) into each cache row of
         `rows` (one copy per layer for all of them): their next position computed is T."""
-        length = layers[0][0].shape[2] if layers else 0
-        self._check_room(length)
-        index = torch.tensor(list(rows))
-        for layer, (keys, values) in zip(self.layers, layers):
-            layer.keys[index, :, :length] = keys
-            layer.values[index, :, :length] = values
+        length = self._copy_prefix(rows, layers)
         for row in rows:
             self.lengths[row] = length
 
@@ -68,8 +63,9 @@ class LlamaRows(LlamaStepper):
         gqa = heads != kv_heads
         norm = self.norm
         count = len(rows)
-        index = torch.tensor(positions)
-        row_index = torch.tensor(list(rows))
+        device = self.keys.device
+        index = torch.tensor(positions, device=device)
+        row_index = torch.tensor(list(rows), device=device)
         cos, sin = self.cos[index][:, None], self.signed_sin[index][:, None]  # [count, 1, head_dim]
         hidden = F.embedding(tokens, self.embedding)  # [count, D]
         # neighbouring rows at the same position share an SDPA call, as in the prefill

@@ -149,15 +149,17 @@ class LlamaStepper:
     def take_prefix(self, layers: Sequence[Layer]) -> None:
         """Copy a prompt prefix's keys and values (per layer [1, kv_heads, T, head_dim]) into the static cache:
         the next position computed is T."""
-        self.length = self._copy_prefix(0, layers)
+        self.length = self._copy_prefix([0], layers)
 
-    def _copy_prefix(self, row: int, layers: Sequence[Layer]) -> int:
-        """Copy a prefix's keys and values (per layer [1, kv_heads, T, head_dim]) into cache `row`; returns T."""
+    def _copy_prefix(self, rows: Sequence[int], layers: Sequence[Layer]) -> int:
+        """Copy a prefix's keys and values (per layer [1, kv_heads, T, head_dim]) into each cache row of `rows`
+        (one copy per layer for all of them); returns T."""
         length = layers[0][0].shape[2] if layers else 0
         self._check_room(length)
-        for index, (keys, values) in enumerate(layers):
-            self.keys[index, row, :, :length] = keys[0]
-            self.values[index, row, :, :length] = values[0]
+        index = torch.tensor(list(rows), device=self.keys.device)
+        for layer, (keys, values) in zip(self.layers, layers):
+            layer.keys[index, :, :length] = keys
+            layer.values[index, :, :length] = values
         return length
 
     def prefix(self) -> list[Layer]:
