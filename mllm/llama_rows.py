@@ -8,8 +8,10 @@ in one SDPA call, which computes each of them as it would alone. A decode step w
 values into the cache by one indexed copy per layer. Each prompt therefore gets the arithmetic it gets alone, bit for bit where
 the GEMM kernels compute a row independently of the others in the matrix: fbgemm's fp16 kernels do
 (tests/test_core_rows.py); MKL's fp32 sgemm picks its kernel by the number of rows, and oneDNN's bf16 kernels
-split a wide layer's reduction across threads for some matrix heights (the 1536-wide down projection at 160-250
-rows on the 2-core AMX host), so at fp32 and bf16 a row can differ in its last bits, which can flip a near-tie
+split a wide layer's reduction across threads for some matrix heights (on the 2-core AMX host, scanning heights
+1-1100 of each of SmolLM2's layer shapes, comparing a row with that row alone: only the 1536-wide down
+projection, at a few heights between 211 and 247 rows that change with the data, where four VQA prompts
+stack), so at fp32 and bf16 a row can differ in its last bits, which can flip a near-tie
 between two answers (1 of 256 shapes questions in one bf16 benchmark run; tests/test_batch_generation.py holds
 batched answers to those of batch 1 and of Assistant.chat at every precision on the tiny model). Decode steps stack one row per unfinished prompt;
 finished prompts drop out of the GEMMs. The cache starts with the room the caller asks for and doubles when a
