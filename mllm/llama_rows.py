@@ -26,7 +26,7 @@ import torch
 from torch.nn import functional as F
 from transformers import PreTrainedModel
 
-from mllm.llama_step import LlamaStepper, lean_supported, runs
+from mllm.llama_step import LlamaStepper, joined, lean_supported, runs
 from mllm.prefix_cache import Layer
 
 
@@ -88,9 +88,7 @@ class LlamaRows(LlamaStepper):
                 )
                 for i, size in groups
             ]
-            hidden = hidden + layer.o(
-                (outs[0] if len(outs) == 1 else torch.cat(outs)).reshape(count, heads * head_dim)
-            )
+            hidden = hidden + layer.o(joined(outs).reshape(count, heads * head_dim))
             hidden = hidden + layer.mlp(norm(hidden, *layer.post_norm))
         for row in rows:
             self.lengths[row] += 1

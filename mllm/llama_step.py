@@ -19,6 +19,7 @@ mllm.decoding.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -245,7 +246,7 @@ class LlamaStepper:
                     enable_gqa=gqa,
                 )
                 outs.append(out.transpose(1, 2).reshape(size * count, heads * head_dim))
-            hidden = hidden + layer.o(outs[0] if len(outs) == 1 else torch.cat(outs))
+            hidden = hidden + layer.o(joined(outs))
             hidden = hidden + layer.mlp(norm(hidden, *layer.post_norm))
         last = torch.tensor([start + count - 1 for start, count in zip(starts, counts)], device=device)
         return self.head(norm(hidden[last], *self.final_norm))
@@ -286,12 +287,15 @@ STEPPERS.add("llama", LlamaStepper)
 def runs(keys: Sequence[object]) -> list[tuple[int, int]]:
     """(first index, length) of each run of equal neighbours in `keys`."""
     found: list[tuple[int, int]] = []
-    for index, key in enumerate(keys):
-        if found and keys[found[-1][0]] == key:
-            found[-1] = (found[-1][0], found[-1][1] + 1)
-        else:
-            found.append((index, 1))
+    for _, group in itertools.groupby(enumerate(keys), key=lambda pair: pair[1]):
+        members = list(group)
+        found.append((members[0][0], len(members)))
     return found
+
+
+def joined(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """`parts` concatenated along their first dimension (one part is returned as it is, not copied)."""
+    return parts[0] if len(parts) == 1 else torch.cat(list(parts))
 
 
 def lean_supported(llm: nn.Module) -> bool:

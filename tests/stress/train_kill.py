@@ -1,11 +1,11 @@
 """SIGKILL a training run at random points and resume it (issue 7). A tiny align run (`mllm train` on the tiny
-random model, a checkpoint every step) is first run once to warm up and once uninterrupted; then the same run is killed with SIGKILL
-at K random points (default 5: the first anywhere from start-up to its first checkpoint, the others at a random
-moment of a step after the run has made progress, so some land while a checkpoint is being written) and
-resumed with `--resume` after each. Checked after every kill: the newest visible checkpoint is complete
-(mllm.json with its step, projector, resume state; an older one may be caught half-deleted by pruning and is
-reported), no `final/` exists, and the next run resumes from the newest complete checkpoint.
-At the end the resumed run's weights must equal the uninterrupted run's and its metrics list every step once.
+random model, a checkpoint every step) is first run once to warm up and once uninterrupted; then the same run is
+killed with SIGKILL at K random points (default 5: the first anywhere from start-up to its first checkpoint, the
+others at a random moment of a step after the run has made progress, so some land while a checkpoint is being
+written) and resumed with `--resume` after each. Checked after every kill: the newest visible checkpoint is
+complete (mllm.json with its step, projector, resume state; an older one may be caught half-deleted by pruning
+and is reported), no `final/` exists, and the next run resumes from the newest complete checkpoint. At the end
+the resumed run's weights must equal the uninterrupted run's and its metrics list every step once.
 
     python -m tests.stress.train_kill [--quick] [--kills 5] [--steps 12] [--seed 0]
 """
