@@ -39,6 +39,62 @@ def test_aux_targets_name_the_object_of_each_patch_and_the_counts() -> None:
     assert counts["all"] == 3 and counts["red"] == 2 and counts["circle"] == 2 and counts["green"] == 0
 
 
+def test_patch_counts_add_the_count_loss_of_every_patch() -> None:
+    """With `patch_counts` the auxiliary loss gains, on top of the mean feature's, the count head's
+    cross-entropy on each patch feature against the image's counts at that weight (every token learns them)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from train.clip_aux import COUNT_KEYS, IGNORE, MAX_COUNT, PATCH_GROUPS, ClipWithAux
+
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": 20,
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 8,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 16,
+        },
+        projection_dim=8,
+    )
+    clip = CLIPModel(config).eval()
+    plain, counted = ClipWithAux(clip, -2), ClipWithAux(clip, -2, patch_counts=0.5)
+    counted.load_state_dict(plain.state_dict())
+    cells = torch.full((2, 4, 1 + len(PATCH_GROUPS)), IGNORE)
+    cells[..., 0] = 0
+    cells[:, 0] = torch.tensor([1, 0, 0, 0])  # one object per image (all-ignored attributes would be NaN)
+    batch = {
+        "input_ids": torch.randint(0, 20, (2, 5)),
+        "attention_mask": torch.ones(2, 5, dtype=torch.long),
+        "pixel_values": torch.randn(2, 3, 32, 32),
+        "cells": cells,
+        "counts": torch.randint(0, MAX_COUNT + 1, (2, len(COUNT_KEYS))),
+        "background": torch.tensor([0, 1]),
+    }
+    with torch.no_grad():
+        base, more = plain(**batch, aux_weight=1.0), counted(**batch, aux_weight=1.0)
+        patches = clip.vision_model(batch["pixel_values"], output_hidden_states=True).hidden_states[-2][:, 1:]
+        logits = plain.count_head(patches).view(2, 4, len(COUNT_KEYS), MAX_COUNT + 1)
+        expected = (
+            sum(
+                torch.nn.functional.cross_entropy(logits[:, p].flatten(0, 1), batch["counts"].flatten())
+                for p in range(4)
+            )
+            / 4
+        )
+    assert float(more["aux"] - base["aux"]) == pytest.approx(0.5 * float(expected), rel=1e-4)
+    assert float(expected) > 0.5
+
+
 def test_region_targets_match_the_world_position_of_a_center_in_the_patch() -> None:
     """Each patch's region target is the shapes world's own position name for a center in that patch."""
     from data_tools.synth.world import position_of
@@ -53,8 +109,10 @@ def test_region_targets_match_the_world_position_of_a_center_in_the_patch() -> N
                 assert REGIONS[regions[row * grid + col]] == position_of(center, size), (grid, row, col)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_clip_stage_saves_a_vision_tower_the_model_loads(tmp_path: Path, precision: str) -> None:
+@pytest.mark.parametrize(("precision", "patch_counts"), [("fp32", 0.0), ("bf16", 0.5)])
+def test_clip_stage_saves_a_vision_tower_the_model_loads(
+    tmp_path: Path, precision: str, patch_counts: float
+) -> None:
     from mllm.config import load_model_config
     from mllm.model import MultimodalModel
 
@@ -76,6 +134,7 @@ def test_clip_stage_saves_a_vision_tower_the_model_loads(tmp_path: Path, precisi
             "text_heads": 2,
             "projection_dim": 16,
             "recolor_prob": 0.5,
+            "patch_counts": patch_counts,
         },
         micro_batch_size=8,
         max_steps=3,

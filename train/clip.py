@@ -206,7 +206,8 @@ def train_clip(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
         raise MllmError(f"{pairs}: {len(samples)} pairs, fewer than one batch of {config.micro_batch_size}")
     with torch.random.fork_rng():
         torch.manual_seed(vision.init_seed)
-        model = ClipWithAux(build_clip(model_config, config, len(vocab)), vision.feature_layer)
+        clip = build_clip(model_config, config, len(vocab))
+        model = ClipWithAux(clip, vision.feature_layer, config.clip.patch_counts)
     log.info(
         "clip: vision %s params, text %s params, %d pairs, %d eval pairs",
         f"{sum(p.numel() for p in model.clip.vision_model.parameters()):,}",

@@ -7,7 +7,9 @@ object; the attribute losses average over occupied patches only, so empty ones d
 also names the 3x3 region it lies in (`top left` ... `bottom right`, the words position questions answer with),
 so the frozen features carry where they are, not only what: the LLM then finds an object's region by content
 rather than by counting token positions. The mean patch feature gives the background and the counts (all
-objects, per colour, per shape).
+objects, per colour, per shape); with `patch_counts` every patch predicts the counts too (the same head), so
+any one image token carries them: a linear probe of a single patch then reads the total count about as well as
+one of the mean (90% against 61-68% for a tower without).
 """
 
 from __future__ import annotations
@@ -65,11 +67,12 @@ def count_targets(scene: dict[str, Any]) -> torch.Tensor:
 
 
 class ClipWithAux(nn.Module):
-    """CLIPModel plus the auxiliary heads on layer `feature_layer`: per-patch attributes, and background and
-    counts from the mean patch feature."""
+    """CLIPModel plus the auxiliary heads on layer `feature_layer`: per-patch attributes, background and counts
+    from the mean patch feature, and with `patch_counts` > 0 the counts from every patch as well (that weight)."""
 
-    def __init__(self, clip: CLIPModel, feature_layer: int) -> None:
+    def __init__(self, clip: CLIPModel, feature_layer: int, patch_counts: float = 0.0) -> None:
         super().__init__()
+        self.patch_counts = patch_counts
         self.clip = clip
         # DeepSpeed broadcasts parameters as bytes, which a 0-dim tensor cannot be viewed as: keep shape [1]
         clip.logit_scale = nn.Parameter(clip.logit_scale.detach().reshape(1))
@@ -115,6 +118,10 @@ class ClipWithAux(nn.Module):
             aux = aux + cross_entropy(logits.flatten(0, 1), cells[..., g].flatten(), ignore_index=IGNORE)
         count_logits = self.count_head(pooled).view(-1, len(COUNT_KEYS), MAX_COUNT + 1)
         aux = aux + cross_entropy(count_logits.flatten(0, 1), counts.flatten())
+        if self.patch_counts > 0:
+            per_patch = self.count_head(patches).view(*patches.shape[:2], len(COUNT_KEYS), MAX_COUNT + 1)
+            every = counts[:, None].expand(-1, patches.shape[1], -1)
+            aux = aux + self.patch_counts * cross_entropy(per_patch.flatten(0, 2), every.flatten())
         aux = aux + cross_entropy(self.background_head(pooled), background)
         return {
             "loss": out.loss + aux_weight * aux,

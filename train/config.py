@@ -69,6 +69,9 @@ class ClipConfig:
     projection_dim: int = 256
     aux_weight: float = 1.0  # weight of the per-cell attribute loss (0 = contrastive only)
     recolor_prob: float = 0.0  # chance that a training object is repainted off-palette (train/clip_data.py)
+    # > 0: every patch also predicts the image's counts, not only the mean patch feature, at this weight of the
+    # per-patch count loss (train/clip_aux.py)
+    patch_counts: float = 0.0
     scenes: str | None = None  # scenes.jsonl for the auxiliary targets (default: next to `data.train`)
 
 
