@@ -207,12 +207,15 @@ def test_recolor_repaints_objects_off_palette_and_drops_only_their_colour(tmp_pa
 def test_probe_reads_colour_off_a_tower_on_seen_and_held_out_pairs(tmp_path: Path) -> None:
     """`train.probe` fits colour and shape probes on train-split patches and scores compositional objects of
     seen and held-out pairs apart: colour is in any tower's features (even a random one's), on both kinds."""
+    from transformers import CLIPVisionModel
+
     from data_tools.synth.writer import SynthConfig, synthesize
     from mllm.config import load_model_config
+    from mllm.images import ImagePreprocessor
     from mllm.vision import build_vision_model
-    from train.probe import probe_tower
+    from train.probe import probe_counts, probe_tower
 
-    for split, count in (("train", 48), ("compositional", 24)):
+    for split, count in (("train", 72), ("compositional", 24)):
         synthesize(
             SynthConfig(
                 out=tmp_path / split, num_images=count, seed=0, image_size=64, split=split, progress=False
@@ -224,3 +227,9 @@ def test_probe_reads_colour_off_a_tower_on_seen_and_held_out_pairs(tmp_path: Pat
     color = result["color"]  # chance is 1/6
     assert color["train"] > 0.9 and color["seen"] > 0.5 and color["held_out"] > 0.5, result
     assert all(0 <= result["shape"][k] <= 1 for k in ("train", "seen", "held_out"))
+    vision = load_model_config(TINY_MODEL).vision
+    preprocess = ImagePreprocessor(vision.image_size, vision.image_mean, vision.image_std)
+    tower = CLIPVisionModel.from_pretrained(tmp_path / "vision").eval()
+    counts = probe_counts(tower, preprocess, tmp_path, vision.feature_layer, 48, 24)
+    assert set(counts) == {"mean", "patch_0", "patch_7", "patch_15"}  # the tiny tower's 4x4 patches
+    assert all(0 <= v <= 1 for v in counts.values())

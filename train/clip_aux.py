@@ -9,7 +9,7 @@ so the frozen features carry where they are, not only what: the LLM then finds a
 rather than by counting token positions. The mean patch feature gives the background and the counts (all
 objects, per colour, per shape); with `patch_counts` every patch predicts the counts too (the same head), so
 any one image token carries them: a linear probe of a single patch then reads the total count about as well as
-one of the mean (90% against 61-68% for a tower without).
+one of the mean (88-89% against 61-66% for a tower without; `python -m train.probe --counts`).
 """
 
 from __future__ import annotations

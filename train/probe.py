@@ -6,6 +6,9 @@ features of `vision.feature_layer`) and scored on the `compositional` split, sep
 held-out (colour, shape) pairs. A tower whose shape features do not depend on colour reads held-out pairs as well
 as seen ones; the gap is what the multimodal model's compositional accuracy has to work against.
 
+With `--counts`, also: how well the total object count is read from the mean patch feature and from the
+feature of one patch alone (a tower trained with `clip.patch_counts` writes the counts into every patch).
+
     python -m train.probe runs/release/clip/vision --data runs/release/data
 """
 
@@ -24,7 +27,7 @@ from data_tools.synth.world import HELD_OUT_PAIRS
 from mllm.config import load_model_config
 from mllm.images import ImagePreprocessor
 from mllm.jsonl import read_jsonl
-from train.clip_aux import PATCH_GROUPS, cell_targets
+from train.clip_aux import MAX_COUNT, PATCH_GROUPS, cell_targets, count_targets
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -91,6 +94,48 @@ def probe_tower(
     return result
 
 
+@torch.no_grad()
+def image_features(
+    tower: CLIPVisionModel, preprocess: ImagePreprocessor, folder: Path, feature_layer: int, images: range
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(patch features [N, P, H], total object counts [N]) of the scenes at `images` of the folder."""
+    scenes = read_jsonl(folder / "scenes.jsonl")[images.start : images.stop]
+    features = []
+    for start in range(0, len(scenes), 64):
+        pixels = preprocess([folder / "images" / s["image"] for s in scenes[start : start + 64]])
+        features.append(
+            tower(pixel_values=pixels, output_hidden_states=True).hidden_states[feature_layer][:, 1:]
+        )
+    return torch.cat(features), torch.stack([count_targets(s)[0] for s in scenes])
+
+
+def probe_counts(
+    tower: CLIPVisionModel,
+    preprocess: ImagePreprocessor,
+    data: Path,
+    feature_layer: int,
+    train_images: int,
+    eval_images: int,
+) -> dict[str, float]:
+    """Accuracy of total-count probes (fitted on the first `train_images` train scenes, scored on the next
+    `eval_images`) that read the mean patch feature, and the first, a middle and the last patch alone."""
+    x_train, y_train = image_features(tower, preprocess, data / "train", feature_layer, range(train_images))
+    x_eval, y_eval = image_features(
+        tower, preprocess, data / "train", feature_layer, range(train_images, train_images + eval_images)
+    )
+    patches = x_train.shape[1]
+    views = {"mean": (x_train.mean(1), x_eval.mean(1))}
+    for cell in (0, patches // 2 - 1, patches - 1):
+        views[f"patch_{cell}"] = (x_train[:, cell], x_eval[:, cell])
+    result = {}
+    for name, (train, held) in views.items():
+        mean, std = train.mean(0), train.std(0) + 1e-5
+        probe = fit_probe((train - mean) / std, y_train, MAX_COUNT + 1, steps=1000)
+        with torch.no_grad():
+            result[name] = float((probe((held - mean) / std).argmax(-1) == y_eval).float().mean())
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.probe", description=__doc__.split("\n\n")[0])
     parser.add_argument("vision", type=Path, help="a vision tower folder (HF CLIP format)")
@@ -100,8 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=REPO / "configs" / "model" / "smollm2.yaml")
     parser.add_argument("--train-images", type=int, default=3000)
     parser.add_argument("--eval-images", type=int, default=800)
+    parser.add_argument("--counts", action="store_true", help="also probe the total count (see above)")
     args = parser.parse_args(argv)
     result = probe_tower(args.vision, args.data, args.model, args.train_images, args.eval_images)
+    if args.counts:
+        config = load_model_config(str(args.model)).vision
+        preprocess = ImagePreprocessor(config.image_size, config.image_mean, config.image_std)
+        tower = CLIPVisionModel.from_pretrained(args.vision, dtype=torch.float32).eval()
+        result["total_count"] = probe_counts(
+            tower, preprocess, args.data, config.feature_layer, args.train_images, args.eval_images
+        )
     print(json.dumps(result, indent=2))
     return 0
 
