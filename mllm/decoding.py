@@ -128,14 +128,7 @@ def decode_rows(
     header_ids, header_kv = header if header is not None else ([], [])
     lengths = [int(ids.shape[1]) for ids, _ in prompts]
     reused = [min(common_length(ids[0].tolist(), header_ids), n - 1) for (ids, _), n in zip(prompts, lengths)]
-    # rows in order of (header taken, prompt length): equal shapes side by side share their attention calls
-    order = sorted(range(len(prompts)), key=lambda i: (reused[i], lengths[i]))
-    prompts = [prompts[i] for i in order]
-    lengths, reused, limits = (
-        [lengths[i] for i in order],
-        [reused[i] for i in order],
-        [max_new_tokens[i] for i in order],
-    )
+    limits = list(max_new_tokens)
     # the cache starts with room for the prompts and a short answer, and grows only for long ones: a batch's
     # rows times the whole context would hold hundreds of MB that short VQA answers never use
     most = max(n + m for n, m in zip(lengths, limits))
@@ -173,10 +166,7 @@ def decode_rows(
         active = still
         if active:
             logits = rows.step_rows(torch.tensor([replies[row][-1] for row in active]), active)
-    in_order: list[list[int]] = [[] for _ in prompts]
-    for row, index in enumerate(order):
-        in_order[index] = replies[row]
-    return in_order
+    return replies
 
 
 def _lean_prefill(

@@ -3,10 +3,11 @@
 The linear layers run on every prompt's positions stacked into one matrix (one GEMM per layer for the whole
 batch, and no padding: this is where a batch pays off, as a GEMM over many rows is several times more efficient
 than over one prompt's), while attention runs on each prompt's own row of the static cache with the shapes the
-prompt alone would have: neighbouring rows of the same shapes (mllm.decoding orders a batch by prompt length)
-in one SDPA call, which computes each of them as it would alone. A decode step writes all its rows' keys and
-values into the cache by one indexed copy per layer. Each prompt therefore gets the arithmetic it gets alone, bit for bit where
-the GEMM kernels compute a row independently of the others in the matrix: fbgemm's fp16 kernels do
+prompt alone would have, one SDPA call per row (torch's CPU flash kernel, run on more than one thread, can
+round an entry of a batched call differently from the same entry alone: seen on an AMD EPYC with AVX-512, not on
+the Intel AMX host, so equal-shaped neighbours no longer share a call). A decode step writes all its rows' keys
+and values into the cache by one indexed copy per layer. Each prompt therefore gets the arithmetic it gets alone,
+bit for bit where the GEMM kernels compute a row independently of the others in the matrix: fbgemm's fp16 kernels do
 (tests/test_core_rows.py); MKL's fp32 sgemm picks its kernel by the number of rows, and oneDNN's bf16 kernels
 split a wide layer's reduction across threads for some matrix heights (on the 2-core AMX host, scanning heights
 1-1100 of each of SmolLM2's layer shapes, comparing a row with that row alone: only the 1536-wide down
@@ -26,7 +27,7 @@ import torch
 from torch.nn import functional as F
 from transformers import PreTrainedModel
 
-from mllm.llama_step import LlamaStepper, joined, lean_supported, runs
+from mllm.llama_step import LlamaStepper, joined, lean_supported
 from mllm.prefix_cache import Layer
 
 
@@ -70,23 +71,21 @@ class LlamaRows(LlamaStepper):
         row_index = torch.tensor(list(rows), device=device)
         cos, sin = self.cos[index][:, None], self.signed_sin[index][:, None]  # [count, 1, head_dim]
         hidden = F.embedding(tokens, self.embedding)  # [count, D]
-        # neighbouring rows at the same position share an SDPA call, as in the prefill
-        groups = runs([(row - i, position) for i, (row, position) in enumerate(zip(rows, positions))])
         for layer in self.layers:
             q, k, v = layer.qkv(norm(hidden, *layer.input_norm))
             q, k = q.view(count, heads, head_dim), k.view(count, kv_heads, head_dim)
             q = q * cos + q.roll(half, -1) * sin
             layer.keys[row_index, :, index] = k * cos + k.roll(half, -1) * sin
             layer.values[row_index, :, index] = v.view(count, kv_heads, head_dim).to(layer.values.dtype)
-            outs = [
+            outs = [  # one SDPA call per row, as in the prefill
                 F.scaled_dot_product_attention(
-                    q[i : i + size].view(size, heads, 1, head_dim),
-                    layer.keys[rows[i] : rows[i] + size, :, : positions[i] + 1],
-                    layer.values[rows[i] : rows[i] + size, :, : positions[i] + 1],
+                    q[i : i + 1].view(1, heads, 1, head_dim),
+                    layer.keys[row : row + 1, :, : position + 1],
+                    layer.values[row : row + 1, :, : position + 1],
                     scale=self.scaling,
                     enable_gqa=gqa,
                 )
-                for i, size in groups
+                for i, (row, position) in enumerate(zip(rows, positions))
             ]
             hidden = hidden + layer.o(joined(outs).reshape(count, heads * head_dim))
             hidden = hidden + layer.mlp(norm(hidden, *layer.post_norm))

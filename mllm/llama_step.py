@@ -19,7 +19,6 @@ mllm.decoding.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -201,8 +200,10 @@ class LlamaStepper:
     ) -> torch.Tensor:
         """Logits [rows, vocab] after each row's new prompt positions: `inputs_embeds` [sum(counts), D] holds them
         one row after another, row i's `counts[i]` going in at positions `firsts[i]` onwards of cache row i. The
-        linear layers run on all rows' positions stacked; attention on each row's own cache with the shapes it has
-        alone, equal-shaped neighbours in one SDPA call (the kernel computes each of them as it would alone)."""
+        linear layers run on all rows' positions stacked; attention runs one SDPA call per row, on the row's own
+        cache with the shapes it has alone (not one call for equal-shaped neighbours: with more than one thread,
+        torch's CPU flash kernel can round a batch entry differently from the same entry alone, seen on an AMD
+        EPYC with AVX-512)."""
         ends = [first + count for first, count in zip(firsts, counts)]
         self._check_room(max(ends))
         heads, kv_heads, head_dim, half = self.heads, self.kv_heads, self.head_dim, self.half
@@ -213,14 +214,11 @@ class LlamaStepper:
         starts = [sum(counts[:i]) for i in range(len(counts))]
         positions = torch.cat([torch.arange(first, end, device=device) for first, end in zip(firsts, ends)])
         cos, sin = self.cos[positions][:, None], self.signed_sin[positions][:, None]  # [total, 1, head_dim]
-        groups = runs(list(zip(firsts, counts)))
         # position first + i sees the cached prefix, the new positions before it and itself; from an empty cache
         # that is SDPA's is_causal, as transformers passes it (its kernel then differs in the last bits)
         masks = [
-            None
-            if firsts[row] == 0
-            else torch.ones(counts[row], ends[row], dtype=torch.bool, device=device).tril(firsts[row])
-            for row, _ in groups
+            None if first == 0 else torch.ones(count, end, dtype=torch.bool, device=device).tril(first)
+            for first, count, end in zip(firsts, counts, ends)
         ]
         hidden = inputs_embeds
         for layer in self.layers:
@@ -234,18 +232,17 @@ class LlamaStepper:
                 layer.keys[row, :, first:end] = k[start : start + end - first].transpose(0, 1)
                 layer.values[row, :, first:end] = v[start : start + end - first].transpose(0, 1)
             outs = []
-            for (row, size), mask in zip(groups, masks):
-                start, count, end = starts[row], counts[row], ends[row]
+            for row, (start, count, end, mask) in enumerate(zip(starts, counts, ends, masks)):
                 out = F.scaled_dot_product_attention(
-                    q[start : start + size * count].view(size, count, heads, head_dim).transpose(1, 2),
-                    layer.keys[row : row + size, :, :end],
-                    layer.values[row : row + size, :, :end],
+                    q[start : start + count].view(1, count, heads, head_dim).transpose(1, 2),
+                    layer.keys[row : row + 1, :, :end],
+                    layer.values[row : row + 1, :, :end],
                     attn_mask=mask,
                     is_causal=mask is None and count > 1,
                     scale=self.scaling,
                     enable_gqa=gqa,
                 )
-                outs.append(out.transpose(1, 2).reshape(size * count, heads * head_dim))
+                outs.append(out.transpose(1, 2).reshape(count, heads * head_dim))
             hidden = hidden + layer.o(joined(outs))
             hidden = hidden + layer.mlp(norm(hidden, *layer.post_norm))
         last = torch.tensor([start + count - 1 for start, count in zip(starts, counts)], device=device)
@@ -282,15 +279,6 @@ class LlamaStepper:
 
 
 STEPPERS.add("llama", LlamaStepper)
-
-
-def runs(keys: Sequence[object]) -> list[tuple[int, int]]:
-    """(first index, length) of each run of equal neighbours in `keys`."""
-    found: list[tuple[int, int]] = []
-    for _, group in itertools.groupby(enumerate(keys), key=lambda pair: pair[1]):
-        members = list(group)
-        found.append((members[0][0], len(members)))
-    return found
 
 
 def joined(parts: Sequence[torch.Tensor]) -> torch.Tensor:

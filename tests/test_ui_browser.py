@@ -134,6 +134,20 @@ def open_chat(browser: object, url: str) -> object:
     return page
 
 
+def set_number(page: object, field: object, value: int, timeout_s: float = 10.0) -> None:
+    """Type `value` into a number field and leave it. On a busy machine the slider that owns the field can still
+    be mounting when it first shows (the accordion's opening) and then resets it to its initial value: type
+    again until the value holds for half a second."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        field.fill(str(value))  # type: ignore[attr-defined]
+        page.keyboard.press("Tab")  # type: ignore[attr-defined]
+        time.sleep(0.5)
+        if field.input_value() == str(value):  # type: ignore[attr-defined]
+            return
+        assert time.monotonic() < deadline, f"the field keeps {field.input_value()!r}, not {value}"  # type: ignore[attr-defined]
+
+
 def test_chat_in_browser(ui: WatchedUI, browser: object, tmp_path: Path) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     images = write_images(tmp_path / "images")
@@ -174,9 +188,7 @@ def test_chat_in_browser(ui: WatchedUI, browser: object, tmp_path: Path) -> None
     page.click("text=Sampling")  # type: ignore[attr-defined]
     field = page.locator("#mllm-max-new input[type=number]")  # type: ignore[attr-defined]
     field.wait_for(state="visible")  # the accordion opens with an animation: fill only once the field shows
-    field.fill(str(LONG_CONTEXT - 200))
-    page.keyboard.press("Tab")  # type: ignore[attr-defined]
-    assert field.input_value() == str(LONG_CONTEXT - 200)
+    set_number(page, field, LONG_CONTEXT - 200)
     page.fill("#mllm-input textarea", "Tell me a very long story.")  # type: ignore[attr-defined]
     page.keyboard.press("Enter")  # type: ignore[attr-defined]
     deadline = time.monotonic() + 30
