@@ -217,12 +217,14 @@ def load(
     load_in_8bit: bool = False,
     fast: bool = True,
     precision: str = "auto",
+    batches: bool = False,
     **llm_overrides: Any,
 ) -> Assistant:
     """Load an Assistant: `default` (the shipped assistant), a checkpoint folder, or a model config YAML.
     `fast` picks the merged-LoRA token loop (default) over transformers' generate, at inference `precision`
     (mllm.quantize: `auto` is bf16 matmuls on CPUs with AMX, else fp16 weights on CPUs with the kernels for it,
-    `fp32` keeps the weights);
+    `fp32` keeps the weights; with `batches`, for an assistant that will mostly answer many prompts at once
+    through mllm.batch, `auto` is bf16 on CPUs with AVX-512 BF16 too);
     `fast=False` is the plain fp32 path."""
     if load_in_4bit:
         llm_overrides["load_in_4bit"] = True
@@ -232,5 +234,5 @@ def load(
         raise MllmError(f"unknown precision {precision!r}; valid: {', '.join(INFERENCE_PRECISIONS)}")
     model = load_model(spec, **llm_overrides)
     if fast:
-        model = apply_precision(merge_for_inference(model), precision)
+        model = apply_precision(merge_for_inference(model), precision, batches)
     return Assistant(model, name=model.config.name, fast=fast)

@@ -33,10 +33,23 @@ def bf16_kernels_available() -> bool:
     )
 
 
+def _cpu_has(feature: str) -> bool:
+    """torch's CPU feature probe `torch.cpu._is_<feature>_supported` (False where this torch has none)."""
+    probe = getattr(torch.cpu, f"_is_{feature}_supported", None)
+    return probe is not None and bool(probe())
+
+
 def amx_available() -> bool:
     """Whether this CPU has AMX tiles with bf16 (where the bf16 kernels beat fp16 weights several times over)."""
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch's CPU feature probe (absent before 2.3)
-    return bf16_kernels_available() and amx is not None and bool(amx())
+    return bf16_kernels_available() and _cpu_has("amx_tile")
+
+
+def native_bf16_available() -> bool:
+    """Whether this CPU multiplies bf16 in hardware: AMX tiles, or AVX-512 BF16 (AMD Zen 4, Intel Cooper Lake
+    and later). With AVX-512 BF16 alone the bf16 kernels run prompts and batches about 1.8x faster than fbgemm's
+    fp16 GEMM (576 -> 1536 over 86 rows: 0.46 ms against 0.83 on a 2-core AMD EPYC) but a single decode row
+    slower (up to 1.5x), so they pay off for batches, not for chat."""
+    return bf16_kernels_available() and (_cpu_has("amx_tile") or _cpu_has("avx512_bf16"))
 
 
 class PackedBf16Linear(nn.Module):

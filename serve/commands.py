@@ -42,12 +42,14 @@ def add_model_args(parser: argparse.ArgumentParser, quantization: bool = True) -
             help="weights of the LLM's linear layers when decoding: fp16 halves the bytes read per token on a "
             "CPU; bf16 does too and runs prompts several times faster on CPUs with AMX (bf16 matmul inputs and "
             "outputs); int8 quarters them but also quantizes activations (much less accurate on small LLMs); "
-            "auto is bf16 on CPUs with AMX, else fp16 where the kernels exist, else fp32 (default: %(default)s)",
+            "auto is bf16 on CPUs with AMX (and, for mllm vqa over a questions file, with AVX-512 BF16), else "
+            "fp16 where the kernels exist, else fp32 (default: %(default)s)",
         )
 
 
-def load_assistant(args: argparse.Namespace) -> Assistant:
-    """The Assistant named by --model (with --load-4bit / --load-8bit)."""
+def load_assistant(args: argparse.Namespace, batches: bool = False) -> Assistant:
+    """The Assistant named by --model (with --load-4bit / --load-8bit, --precision); `batches` for a command
+    that answers many prompts at once (mllm.load)."""
     import mllm
 
     log.info("loading model %s", args.model)
@@ -56,6 +58,7 @@ def load_assistant(args: argparse.Namespace) -> Assistant:
         load_in_4bit=getattr(args, "load_4bit", False),
         load_in_8bit=getattr(args, "load_8bit", False),
         precision=getattr(args, "precision", "auto"),
+        batches=batches,
     )
 
 
@@ -97,7 +100,7 @@ def _vqa(args: argparse.Namespace) -> int:
         raise MllmError("--questions needs --image-folder and --answers")
     if single and (args.image_folder is not None or args.answers is not None):
         raise MllmError("--image-folder and --answers go with --questions, not --question")
-    assistant = load_assistant(args)
+    assistant = load_assistant(args, batches=not single)
     if single:
         from mllm.batch import answer_batch
 

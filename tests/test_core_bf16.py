@@ -12,7 +12,13 @@ from torch import nn
 from torch.nn import functional as F
 
 import mllm
-from mllm.bf16_linear import PackedBf16Linear, amx_available, bf16_kernels_available, fused_silu_mlp
+from mllm.bf16_linear import (
+    PackedBf16Linear,
+    amx_available,
+    bf16_kernels_available,
+    fused_silu_mlp,
+    native_bf16_available,
+)
 from mllm.errors import MllmError
 from mllm.llama_step import stepper_for
 from mllm.quantize import apply_precision, resolve_precision
@@ -29,9 +35,12 @@ def test_bf16_converts_the_decoder_layers_and_keeps_an_fp32_logit_head() -> None
         assert kinds[name] == "PackedBf16Linear", name
     assert kinds["lm_head"] == "DynamicQuantizedLinear"  # fp16 weights, fp32 logits
     assert not any(type(m) is nn.Linear for m in model.llm.modules())
-    # auto picks bf16 exactly where AMX tiles make it pay
+    # auto picks bf16 exactly where AMX tiles make it pay; for batches also where AVX-512 BF16 does
     fresh = mllm.load(str(TINY_CONFIG), precision="fp32").model
     assert resolve_precision(fresh, "auto") == ("bf16" if amx_available() else "fp16")
+    assert resolve_precision(fresh, "auto", batches=True) == ("bf16" if native_bf16_available() else "fp16")
+    batch_assistant = mllm.load(str(TINY_CONFIG), batches=True)
+    assert batch_assistant.model.inference_precision == ("bf16" if native_bf16_available() else "fp16")
 
 
 def test_bf16_needs_merged_lora() -> None:

@@ -114,7 +114,7 @@ def evaluate_release(checkpoint: Path, data: Path, out: Path, batch_size: int = 
     results: dict[str, Any] = {}
     splits = {"auto": ("test", "compositional", "paraphrase"), "fp32": ("test",)}
     for precision, names in splits.items():
-        assistant = load(str(checkpoint), precision=precision)
+        assistant = load(str(checkpoint), precision=precision, batches=True)  # as `mllm vqa` loads it
         for split in names:
             items = load_vqa(data / split / "vqa_questions.jsonl", data / split / "vqa_answers.jsonl", None)
             started = time.perf_counter()
