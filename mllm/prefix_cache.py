@@ -101,12 +101,20 @@ class PrefixCache:
 
     def store(self, key: Key, layers: Sequence[Layer]) -> None:
         """Keep the prompt's keys and values (per layer, at least its first len(key) positions; never written on
-        afterwards), evicting the oldest entries over budget."""
+        afterwards), evicting the oldest entries over budget.
+
+        An entry that is a prefix of another serves no lookup the longer one does not serve as well (a prompt
+        shares at least as many leading tokens with the longer), so only the longer is kept: each turn of a
+        multi-turn chat replaces the entry of the turn before instead of keeping every turn's keys and values."""
         if len(key) > self.max_tokens:
             return
-        kept = [(keys[:, :, : len(key)], values[:, :, : len(key)]) for keys, values in layers]
         with self.lock:
-            self.entries[key] = kept
-            self.entries.move_to_end(key)
+            longer = next((stored for stored in self.entries if stored[: len(key)] == key), None)
+            if longer is not None:
+                self.entries.move_to_end(longer)
+                return
+            for stored in [stored for stored in self.entries if key[: len(stored)] == stored]:
+                del self.entries[stored]
+            self.entries[key] = [(keys[:, :, : len(key)], values[:, :, : len(key)]) for keys, values in layers]
             while sum(len(k) for k in self.entries) > self.max_tokens:
                 self.entries.popitem(last=False)

@@ -69,6 +69,27 @@ def test_the_cache_keeps_to_its_token_budget() -> None:
     assert len(cache.entries) < 6
 
 
+def test_a_prefix_of_a_stored_prompt_is_not_kept_twice() -> None:
+    """Each turn of a multi-turn chat replaces the entry of the turn before (it serves every lookup the shorter
+    one served), and storing a prefix of a kept prompt keeps only the longer; lookups find the same lengths."""
+    assistant = lively_assistant(precision="fp32")
+    cache = PrefixCache(min_reuse=4)
+    first = [{"role": "user", "content": "<image>\nWhat is in the picture?"}]
+    reply = assistant.tokenizer.decode(_cached(assistant, first, [RED], cache))
+    (turn1,) = cache.entries
+    turn2 = [*first, {"role": "assistant", "content": reply}, {"role": "user", "content": "And its colour?"}]
+    assert _cached(assistant, turn2, [RED], cache) == _scratch(assistant, turn2, [RED])
+    (kept,) = cache.entries
+    assert len(kept) > len(turn1) and kept[: len(turn1)] == turn1
+    layers, length = cache.lookup_layers((*turn1, -1))  # a prompt that leaves the first turn after its end
+    assert length == len(turn1) and layers is not None and layers[0][0].shape[2] == len(turn1)
+    cache.store(turn1, [(k[:, :, : len(turn1)], v[:, :, : len(turn1)]) for k, v in layers])
+    assert list(cache.entries) == [kept]
+    other = [{"role": "user", "content": "Count to three."}]
+    _cached(assistant, other, [], cache)
+    assert len(cache.entries) == 2
+
+
 def test_the_assistant_reuses_the_system_prompt_across_chats() -> None:
     assistant = lively_assistant(precision="fp32")
     before = assistant.prefix_cache.hits
