@@ -20,6 +20,8 @@ from mllm.llama_step import LlamaStepper, stepper_for
 from mllm.model import MultimodalModel
 from mllm.prefix_cache import Key, Layer, PrefixCache, cache_layers, common_length, prompt_key
 
+REPLY_ROOM = 64  # positions a reply's cache has room for at first, past its prompt (it doubles when full)
+
 
 def _warpers(temperature: float, top_p: float) -> LogitsProcessorList:
     warpers = LogitsProcessorList()
@@ -62,7 +64,9 @@ def decode_tokens(
     key = None
     if prefix_cache is not None:
         key = prompt_key(input_ids, pixel_values, model.image_token_id, model.num_image_tokens)
-    stepper = stepper_for(llm, length + max_new_tokens)
+    # the cache starts with room for the prompt and a short reply and doubles as the reply grows: a request
+    # for thousands of new tokens holds memory for what it generates, not for what it may generate
+    stepper = stepper_for(llm, length + max_new_tokens, capacity=length + REPLY_ROOM)
     cache = None
     if stepper is not None:
         logits = _lean_prefill(stepper, inputs_embeds, prefix_cache, key)

@@ -29,6 +29,7 @@ from torch.nn import functional as F
 from transformers import LlamaForCausalLM, PreTrainedModel
 
 from mllm.bf16_linear import PackedBf16Linear, bf16_output, fused_silu_mlp, shared_input
+from mllm.fp16_linear import SlicedFp16Linear, direct_fp16
 from mllm.prefix_cache import Layer
 from mllm.registry import Registry
 
@@ -37,11 +38,14 @@ Linear = Callable[[torch.Tensor], torch.Tensor]
 
 
 def direct_linear(module: nn.Module) -> Linear:
-    """`module`'s forward as one op call: the fp16 packed GEMM of torch's dynamic fp16 Linear, `F.linear` of a
-    plain nn.Linear (the same op their forwards call), oneDNN's op of a bf16 layer, its output left in bf16 (the
-    loop's arithmetic with fp32 tensors promotes it exactly); any other module is called as it is."""
+    """`module`'s forward as one op call: the fp16 packed GEMM of torch's dynamic fp16 Linear (one per slice of a
+    sliced one), `F.linear` of a plain nn.Linear (the same op their forwards call), oneDNN's op of a bf16 layer,
+    its output left in bf16 (the loop's arithmetic with fp32 tensors promotes it exactly); any other module is
+    called as it is."""
     if isinstance(module, PackedBf16Linear):
         return bf16_output(module)
+    if isinstance(module, SlicedFp16Linear):
+        return direct_fp16(module)
     if isinstance(module, quantized_dynamic.Linear) and module._packed_params.dtype == torch.float16:
         packed = module._packed_params._packed_params
         fp16_gemm = torch.ops.quantized.linear_dynamic_fp16
@@ -291,8 +295,9 @@ def lean_supported(llm: nn.Module) -> bool:
     return isinstance(llm, LlamaForCausalLM) and llm.config.model_type in STEPPERS
 
 
-def stepper_for(llm: nn.Module, max_length: int) -> LlamaStepper | None:
-    """A lean stepper when `lean_supported(llm)`; None otherwise (the caller keeps the generic loop)."""
+def stepper_for(llm: nn.Module, max_length: int, capacity: int | None = None) -> LlamaStepper | None:
+    """A lean stepper when `lean_supported(llm)` (its cache allocated for `capacity` positions, all by default,
+    growing as needed); None otherwise (the caller keeps the generic loop)."""
     if not lean_supported(llm):
         return None
-    return STEPPERS.get(llm.config.model_type)(llm, max_length)
+    return STEPPERS.get(llm.config.model_type)(llm, max_length, capacity=capacity)

@@ -115,6 +115,8 @@ class PrefixCache:
                 return
             for stored in [stored for stored in self.entries if key[: len(stored)] == stored]:
                 del self.entries[stored]
-            self.entries[key] = [(keys[:, :, : len(key)], values[:, :, : len(key)]) for keys, values in layers]
+            self.entries[key] = [
+                (keys[:, :, : len(key)], values[:, :, : len(key)]) for keys, values in layers
+            ]
             while sum(len(k) for k in self.entries) > self.max_tokens:
                 self.entries.popitem(last=False)

@@ -30,13 +30,14 @@ Only for a model that is not trained again: quantized modules have no gradients.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
 from mllm.bf16_linear import amx_available, bf16_kernels_available, native_bf16_available, pack_linears
 from mllm.errors import MllmError
+from mllm.fp16_linear import slice_wide_linears
 from mllm.model import MultimodalModel
 from mllm.registry import Registry
 
@@ -87,12 +88,23 @@ def _convert(model: MultimodalModel, convert_block: Callable[[nn.Module], object
     blocks = [block for child in model.llm.modules() if isinstance(child, nn.ModuleList) for block in child]
     owned: set[int] = set()
     for block in [*blocks, model.llm]:
+        # the weights that stay fp32 get memory of their own first: a tied LM head is then converted from the
+        # embedding's copy, once its file map is gone, not while both are resident (loading the shipped
+        # assistant at fp16 peaked at 1,243 MB there, 1,1xx MB now)
+        _own_memory(
+            [p for m in block.modules() if type(m) is not nn.Linear for p in m.parameters(False)], owned
+        )
         convert_block(block)
-        _own_memory(block, owned)
+        _own_memory(block.parameters(), owned)
 
 
 def _quantize_dynamic(module: nn.Module, dtype: torch.dtype) -> None:
+    """Every nn.Linear under `module` to torch's dynamic quantized Linear of `dtype`; at fp16 a wide one (the LM
+    head) is packed in slices instead (mllm.fp16_linear: the same logits with a smaller peak while packing)."""
     from torch.ao.quantization import float16_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+
+    if dtype == torch.float16:
+        slice_wide_linears(module)
 
     qconfig = float16_dynamic_qconfig if dtype == torch.float16 else per_channel_dynamic_qconfig
     quantize_dynamic(module, {nn.Linear: qconfig}, dtype=dtype, inplace=True)
@@ -122,13 +134,13 @@ def _bf16(model: MultimodalModel) -> MultimodalModel:
     return model
 
 
-def _own_memory(module: nn.Module, owned: set[int]) -> None:
-    """Copy the parameters that stay fp32 (embedding, norms) into memory of their own, skipping those in
-    `owned` (ids of parameters copied already). Weights loaded from safetensors live in a memory map of their
-    file, which stays mapped, with every page the LoRA merge wrote, while any tensor in it is alive: without
-    the copies the replaced fp32 weights would stay resident (about 400 MB for SmolLM2-135M)."""
+def _own_memory(parameters: Iterable[nn.Parameter], owned: set[int]) -> None:
+    """Copy parameters that stay fp32 (embedding, norms) into memory of their own, skipping those in `owned`
+    (ids of parameters copied already). Weights loaded from safetensors live in a memory map of their file,
+    which stays mapped, with every page the LoRA merge wrote, while any tensor in it is alive: without the
+    copies the replaced fp32 weights would stay resident (about 400 MB for SmolLM2-135M)."""
     with torch.no_grad():
-        for param in module.parameters():
+        for param in parameters:
             if id(param) not in owned:
                 param.data = param.data.clone()
                 owned.add(id(param))

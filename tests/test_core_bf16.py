@@ -33,7 +33,7 @@ def test_bf16_converts_the_decoder_layers_and_keeps_an_fp32_logit_head() -> None
     kinds = {name.rsplit(".", 1)[-1]: m._get_name() for name, m in model.llm.named_modules()}
     for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
         assert kinds[name] == "PackedBf16Linear", name
-    assert kinds["lm_head"] == "DynamicQuantizedLinear"  # fp16 weights, fp32 logits
+    assert kinds["lm_head"] == "SlicedFp16Linear"  # fp16 weights, fp32 logits
     assert not any(type(m) is nn.Linear for m in model.llm.modules())
     # auto picks bf16 exactly where AMX tiles make it pay; for batches also where AVX-512 BF16 does
     fresh = mllm.load(str(TINY_CONFIG), precision="fp32").model

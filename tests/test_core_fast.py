@@ -66,6 +66,20 @@ def test_greedy_identical_to_generate(pair, image, with_image):
     assert "".join(fast.stream(MESSAGES, images=images, max_new_tokens=40)) == expected
 
 
+def test_a_reply_longer_than_its_first_cache_is_identical_to_generate(pair, image):
+    """The lean cache starts with room for the prompt and REPLY_ROOM tokens and doubles twice in this reply."""
+    from mllm.decoding import REPLY_ROOM, decode_tokens
+
+    plain, fast = pair
+    messages = [{"role": "user", "content": "<image>\nDescribe the picture in detail."}]
+    count = 3 * REPLY_ROOM
+    expected = plain.chat(messages, images=[image], max_new_tokens=count, min_new_tokens=count)
+    ids, pixels = fast.prepare(messages, [image])
+    tokens = list(decode_tokens(fast.model, ids, pixels, count, min_new_tokens=count))
+    assert len(tokens) == count
+    assert fast.tokenizer.decode(tokens, skip_special_tokens=True) == expected
+
+
 def test_stop_strings_match(pair, image):
     plain, fast = pair
     full = plain.chat(MESSAGES, images=[image], max_new_tokens=40)

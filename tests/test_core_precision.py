@@ -24,12 +24,35 @@ def test_auto_is_reduced_precision_on_cpu_and_fp32_keeps_the_weights() -> None:
     auto = mllm.load(str(TINY_CONFIG))
     if amx_available():  # bf16 matmuls where AMX tiles make them pay (tests/test_core_bf16.py)
         assert auto.model.inference_precision == "bf16"
-        assert _linear_types(auto.model) == {"PackedBf16Linear", "DynamicQuantizedLinear"}
+        assert _linear_types(auto.model) == {"PackedBf16Linear", "SlicedFp16Linear"}
     else:
         assert auto.model.inference_precision == "fp16"
-        assert _linear_types(auto.model) == {"DynamicQuantizedLinear"}
+        assert _linear_types(auto.model) == {"DynamicQuantizedLinear", "SlicedFp16Linear"}
     exact = mllm.load(str(TINY_CONFIG), precision="fp32")
     assert exact.model.inference_precision == "fp32" and _linear_types(exact.model) == {"Linear"}
+
+
+@pytest.mark.parametrize(("features_in", "features_out", "bias"), [(576, 49152, False), (32, 20000, True)])
+def test_a_sliced_fp16_head_computes_what_one_pack_computes(
+    features_in: int, features_out: int, bias: bool
+) -> None:
+    """The LM head packed in slices (mllm.fp16_linear) gives torch's dynamic fp16 Linear's outputs bit for bit,
+    for one row (a decode step) and many (a batch)."""
+    from torch.ao.nn.quantized import dynamic as quantized_dynamic
+
+    from mllm.fp16_linear import SlicedFp16Linear
+
+    generator = torch.Generator().manual_seed(0)
+    linear = torch.nn.Linear(features_in, features_out, bias=bias)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(features_out, features_in, generator=generator) * 0.05)
+    whole = quantized_dynamic.Linear(features_in, features_out, bias_=bias, dtype=torch.float16)
+    whole.set_weight_bias(linear.weight.detach(), None if linear.bias is None else linear.bias.detach())
+    sliced = SlicedFp16Linear(linear)
+    assert len(sliced.packs) == -(-features_out // 16384)
+    for rows in (1, 7, 16):
+        x = torch.randn(rows, features_in, generator=generator)
+        assert torch.equal(sliced(x), whole(x))
 
 
 def test_fp16_replies_equal_fp32_on_the_lively_model() -> None:

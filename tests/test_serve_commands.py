@@ -91,8 +91,12 @@ def test_quantization_flags(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capt
 
     monkeypatch.setattr("mllm.load", fake_load)
     assert main(["vqa", "--model", "x", "--load-8bit", "--question", "q"]) == 1
-    assert calls == [{"spec": "x", "load_in_4bit": False, "load_in_8bit": True, "precision": "auto"}]
+    loaded = {"spec": "x", "load_in_4bit": False, "load_in_8bit": False, "batches": False}
+    assert calls == [{**loaded, "load_in_8bit": True, "precision": "auto"}]
     calls.clear()
     assert main(["vqa", "--model", "x", "--precision", "fp32", "--question", "q"]) == 1
-    assert calls == [{"spec": "x", "load_in_4bit": False, "load_in_8bit": False, "precision": "fp32"}]
+    assert calls == [{**loaded, "precision": "fp32"}]
+    calls.clear()  # a questions file is batch work: `auto` may pick bf16 where a batch gains from it
+    assert main(["vqa", "--model", "x", "--questions", "q.jsonl", "--image-folder", ".", "--answers", "a"]) == 1
+    assert calls == [{**loaded, "precision": "auto", "batches": True}]
     assert "stop here" in capsys.readouterr().err
