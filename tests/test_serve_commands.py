@@ -97,6 +97,8 @@ def test_quantization_flags(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capt
     assert main(["vqa", "--model", "x", "--precision", "fp32", "--question", "q"]) == 1
     assert calls == [{**loaded, "precision": "fp32"}]
     calls.clear()  # a questions file is batch work: `auto` may pick bf16 where a batch gains from it
-    assert main(["vqa", "--model", "x", "--questions", "q.jsonl", "--image-folder", ".", "--answers", "a"]) == 1
+    assert (
+        main(["vqa", "--model", "x", "--questions", "q.jsonl", "--image-folder", ".", "--answers", "a"]) == 1
+    )
     assert calls == [{**loaded, "precision": "auto", "batches": True}]
     assert "stop here" in capsys.readouterr().err
