@@ -167,10 +167,13 @@ class LlamaStepper:
         return length
 
     def prefix(self) -> list[Layer]:
-        """Copies of the keys and values of the positions computed so far, per layer [1, kv_heads, T, head_dim]
-        (copies: the static cache is written on, and a view would keep all of it alive)."""
+        """The keys and values of the positions computed so far, per layer [1, kv_heads, T, head_dim]: views of
+        the static cache, never written on again (the stepper only writes positions from T on, into this cache
+        or, once it grows, into a new one). They keep the cache they view alive, which holds only a few positions
+        more than T (decode_tokens allocates room for a short reply and lets it grow), so a prompt stored in
+        mllm.prefix_cache costs no copy while its reply is decoded."""
         end = self.length
-        return [(layer.keys[:1, :, :end].clone(), layer.values[:1, :, :end].clone()) for layer in self.layers]
+        return [(layer.keys[:1, :, :end], layer.values[:1, :, :end]) for layer in self.layers]
 
     def _check_room(self, length: int) -> None:
         if length > self.max_length:

@@ -6,7 +6,7 @@ A prompt is keyed token by token: text tokens by their id, image tokens by a dig
 the patch index, so the same words with another picture never match past the image. Entries are evicted
 oldest first once the cached tokens pass `max_tokens`. Thread-safe; cached tensors are never written to
 (a DynamicCache grows by concatenation, which makes new tensors; the lean prefill of mllm.llama_step stores
-copies of its static cache).
+views of the positions of its static cache that it never writes again).
 """
 
 from __future__ import annotations
