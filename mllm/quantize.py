@@ -89,8 +89,9 @@ def _convert(model: MultimodalModel, convert_block: Callable[[nn.Module], object
     owned: set[int] = set()
     for block in [*blocks, model.llm]:
         # the weights that stay fp32 get memory of their own first: a tied LM head is then converted from the
-        # embedding's copy, once its file map is gone, not while both are resident (loading the shipped
-        # assistant at fp16 peaked at 1,243 MB there, 1,1xx MB now)
+        # embedding's copy, once its file map is gone, not while both are resident (`mllm serve` of the shipped
+        # assistant at fp16 peaked at 1,243 MB while loading; 1,211 with this; 1,147 with the head also packed in
+        # slices, mllm.fp16_linear)
         _own_memory(
             [p for m in block.modules() if type(m) is not nn.Linear for p in m.parameters(False)], owned
         )
