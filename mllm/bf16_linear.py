@@ -74,14 +74,6 @@ class PackedBf16Linear(nn.Module):
         )
 
 
-def pack_linears(module: nn.Module) -> None:
-    """Replace every `nn.Linear` under `module` (in place, recursively) by a PackedBf16Linear."""
-    for child in list(module.modules()):
-        for name, grandchild in list(child.named_children()):
-            if type(grandchild) is nn.Linear:
-                setattr(child, name, PackedBf16Linear(grandchild))
-
-
 def bf16_output(layer: PackedBf16Linear) -> Callable[[torch.Tensor], torch.Tensor]:
     """The layer as one op call that leaves its output in bf16 (for the lean loop: adding it to, or multiplying
     it with, an fp32 tensor promotes it exactly, without a conversion op of its own)."""

@@ -50,12 +50,3 @@ def direct_fp16(layer: SlicedFp16Linear) -> Callable[[torch.Tensor], torch.Tenso
         (pack,) = packs
         return lambda x: gemm(x, pack)
     return lambda x: torch.cat([gemm(x, pack) for pack in packs], dim=-1)
-
-
-def slice_wide_linears(module: nn.Module, min_rows: int = SLICE_ROWS) -> None:
-    """Replace every `nn.Linear` under `module` (in place, recursively) with more than `min_rows` output features
-    by a SlicedFp16Linear."""
-    for child in list(module.modules()):
-        for name, grandchild in list(child.named_children()):
-            if type(grandchild) is nn.Linear and grandchild.out_features > min_rows:
-                setattr(child, name, SlicedFp16Linear(grandchild))

@@ -35,9 +35,9 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from mllm.bf16_linear import amx_available, bf16_kernels_available, native_bf16_available, pack_linears
+from mllm.bf16_linear import PackedBf16Linear, amx_available, bf16_kernels_available, native_bf16_available
 from mllm.errors import MllmError
-from mllm.fp16_linear import slice_wide_linears
+from mllm.fp16_linear import SLICE_ROWS, SlicedFp16Linear
 from mllm.model import MultimodalModel
 from mllm.registry import Registry
 
@@ -99,13 +99,25 @@ def _convert(model: MultimodalModel, convert_block: Callable[[nn.Module], object
         _own_memory(block.parameters(), owned)
 
 
+def _replace_linears(
+    module: nn.Module,
+    build: Callable[[nn.Linear], nn.Module],
+    wanted: Callable[[nn.Linear], bool] = lambda linear: True,
+) -> None:
+    """Replace every plain `nn.Linear` under `module` that is `wanted` (in place, recursively) by `build(it)`."""
+    for child in list(module.modules()):
+        for name, grandchild in list(child.named_children()):
+            if type(grandchild) is nn.Linear and wanted(grandchild):
+                setattr(child, name, build(grandchild))
+
+
 def _quantize_dynamic(module: nn.Module, dtype: torch.dtype) -> None:
     """Every nn.Linear under `module` to torch's dynamic quantized Linear of `dtype`; at fp16 a wide one (the LM
     head) is packed in slices instead (mllm.fp16_linear: the same logits with a smaller peak while packing)."""
     from torch.ao.quantization import float16_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 
     if dtype == torch.float16:
-        slice_wide_linears(module)
+        _replace_linears(module, SlicedFp16Linear, lambda linear: linear.out_features > SLICE_ROWS)
 
     qconfig = float16_dynamic_qconfig if dtype == torch.float16 else per_channel_dynamic_qconfig
     quantize_dynamic(module, {nn.Linear: qconfig}, dtype=dtype, inplace=True)
@@ -128,7 +140,7 @@ def _bf16(model: MultimodalModel) -> MultimodalModel:
         if block is llm:  # what is left after the decoder layers: the LM head, at fp16 weights (fp32 logits)
             _quantize_dynamic(block, torch.float16)
         else:
-            pack_linears(block)
+            _replace_linears(block, PackedBf16Linear)
 
     _convert(model, convert)
     log.info("LLM decoder layers at bf16 (oneDNN prepacked), LM head at fp16 weights")
