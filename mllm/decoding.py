@@ -132,10 +132,9 @@ def decode_rows(
     header_ids, header_kv = header if header is not None else ([], [])
     lengths = [int(ids.shape[1]) for ids, _ in prompts]
     reused = [min(common_length(ids[0].tolist(), header_ids), n - 1) for (ids, _), n in zip(prompts, lengths)]
-    limits = list(max_new_tokens)
     # the cache starts with room for the prompts and a short answer, and grows only for long ones: a batch's
     # rows times the whole context would hold hundreds of MB that short VQA answers never use
-    most = max(n + m for n, m in zip(lengths, limits))
+    most = max(n + m for n, m in zip(lengths, max_new_tokens))
     rows = rows_for(model.llm, most, len(prompts), capacity=max(lengths) + 16)
     if rows is None:
         return None
@@ -165,7 +164,7 @@ def decode_rows(
             if token in eos_ids:
                 continue
             replies[row].append(token)
-            if len(replies[row]) < limits[row]:
+            if len(replies[row]) < max_new_tokens[row]:
                 still.append(row)
         active = still
         if active:
