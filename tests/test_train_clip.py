@@ -13,7 +13,15 @@ from tests.train_support import TINY_MODEL, make_data, run_training, write_confi
 
 
 def test_aux_targets_name_the_object_of_each_patch_and_the_counts() -> None:
-    from train.clip_aux import COUNT_KEYS, IGNORE, PATCH_GROUPS, cell_targets, count_targets
+    from train.clip_aux import (
+        COUNT_KEYS,
+        IGNORE,
+        OBJECT_COUNT_COLUMN,
+        OBJECT_COUNT_KEYS,
+        PATCH_GROUPS,
+        cell_targets,
+        count_targets,
+    )
 
     scene = {
         "image_size": 96,
@@ -25,7 +33,7 @@ def test_aux_targets_name_the_object_of_each_patch_and_the_counts() -> None:
         ],
     }
     targets = cell_targets(scene, 6)  # 16 px patches
-    assert targets.shape == (36, 1 + len(PATCH_GROUPS))
+    assert targets.shape == (36, 1 + len(PATCH_GROUPS) + len(OBJECT_COUNT_KEYS))
     assert targets[:, 0].nonzero().flatten().tolist() == [0, 3 * 6 + 5, 5 * 6 + 2]
     colors, shapes, sizes = PATCH_GROUPS["color"], PATCH_GROUPS["shape"], PATCH_GROUPS["size"]
     assert (colors[targets[0, 1]], shapes[targets[0, 2]], sizes[targets[0, 3]]) == ("red", "star", "small")
@@ -34,17 +42,22 @@ def test_aux_targets_name_the_object_of_each_patch_and_the_counts() -> None:
         "circle",
         "large",
     )
-    assert targets[1].tolist() == [0, IGNORE, IGNORE, IGNORE]  # no object center: attributes are not scored
+    assert targets[1].tolist() == [0] + [IGNORE] * 6  # no object center: attributes and counts are not scored
+    # each object's counts: all objects, those of its colour, those of its shape
+    assert targets[0, OBJECT_COUNT_COLUMN:].tolist() == [3, 2, 1]  # red star
+    assert targets[23, OBJECT_COUNT_COLUMN:].tolist() == [3, 1, 2]  # blue circle
+    assert targets[32, OBJECT_COUNT_COLUMN:].tolist() == [3, 2, 2]  # red circle
     counts = dict(zip(COUNT_KEYS, count_targets(scene).tolist()))
     assert counts["all"] == 3 and counts["red"] == 2 and counts["circle"] == 2 and counts["green"] == 0
+    scene["objects"][0]["color"] = None  # repainted off-palette: its colour and colour count are unknown
+    repainted = cell_targets(scene, 6)
+    assert repainted[0, 1] == IGNORE and repainted[0, OBJECT_COUNT_COLUMN:].tolist() == [3, IGNORE, 1]
+    assert repainted[32, OBJECT_COUNT_COLUMN:].tolist() == [3, 1, 2]  # one red object is left
 
 
-def test_patch_counts_add_the_count_loss_of_every_patch() -> None:
-    """With `patch_counts` the auxiliary loss gains, on top of the mean feature's, the count head's
-    cross-entropy on each patch feature against the image's counts at that weight (every token learns them)."""
+def tiny_clip() -> torch.nn.Module:
+    """A random CLIPModel with a 2 x 2 patch grid."""
     from transformers import CLIPConfig, CLIPModel
-
-    from train.clip_aux import COUNT_KEYS, IGNORE, MAX_COUNT, PATCH_GROUPS, ClipWithAux
 
     torch.manual_seed(0)
     config = CLIPConfig(
@@ -66,13 +79,19 @@ def test_patch_counts_add_the_count_loss_of_every_patch() -> None:
         },
         projection_dim=8,
     )
-    clip = CLIPModel(config).eval()
-    plain, counted = ClipWithAux(clip, -2), ClipWithAux(clip, -2, patch_counts=0.5)
-    counted.load_state_dict(plain.state_dict())
-    cells = torch.full((2, 4, 1 + len(PATCH_GROUPS)), IGNORE)
+    return CLIPModel(config).eval()
+
+
+def tiny_batch() -> dict[str, torch.Tensor]:
+    """Two images for `tiny_clip`, one object each, in their first patch, with counts of its kind 1, 2 and 3."""
+    from train.clip_aux import COUNT_KEYS, IGNORE, MAX_COUNT, OBJECT_COUNT_COLUMN, OBJECT_COUNT_KEYS
+
+    cells = torch.full((2, 4, OBJECT_COUNT_COLUMN + len(OBJECT_COUNT_KEYS)), IGNORE)
     cells[..., 0] = 0
-    cells[:, 0] = torch.tensor([1, 0, 0, 0])  # one object per image (all-ignored attributes would be NaN)
-    batch = {
+    cells[:, 0, :OBJECT_COUNT_COLUMN] = torch.tensor([1, 0, 0, 0])  # all-ignored attributes would be NaN
+    cells[:, 0, OBJECT_COUNT_COLUMN:] = torch.tensor([1, 2, 3])
+    torch.manual_seed(1)
+    return {
         "input_ids": torch.randint(0, 20, (2, 5)),
         "attention_mask": torch.ones(2, 5, dtype=torch.long),
         "pixel_values": torch.randn(2, 3, 32, 32),
@@ -80,6 +99,17 @@ def test_patch_counts_add_the_count_loss_of_every_patch() -> None:
         "counts": torch.randint(0, MAX_COUNT + 1, (2, len(COUNT_KEYS))),
         "background": torch.tensor([0, 1]),
     }
+
+
+def test_patch_counts_add_the_count_loss_of_every_patch() -> None:
+    """With `patch_counts` the auxiliary loss gains, on top of the mean feature's, the count head's
+    cross-entropy on each patch feature against the image's counts at that weight (every token learns them)."""
+    from train.clip_aux import COUNT_KEYS, MAX_COUNT, ClipWithAux
+
+    clip = tiny_clip()
+    plain, counted = ClipWithAux(clip, -2), ClipWithAux(clip, -2, patch_counts=0.5)
+    counted.load_state_dict(plain.state_dict())
+    batch = tiny_batch()
     with torch.no_grad():
         base, more = plain(**batch, aux_weight=1.0), counted(**batch, aux_weight=1.0)
         patches = clip.vision_model(batch["pixel_values"], output_hidden_states=True).hidden_states[-2][:, 1:]
@@ -91,6 +121,29 @@ def test_patch_counts_add_the_count_loss_of_every_patch() -> None:
             )
             / 4
         )
+    assert float(more["aux"] - base["aux"]) == pytest.approx(0.5 * float(expected), rel=1e-4)
+    assert float(expected) > 0.5
+
+
+def test_object_counts_add_the_count_loss_of_object_patches_only() -> None:
+    """With `object_counts` the auxiliary loss gains, at that weight, the object-count head's cross-entropy on
+    the patches that hold an object center against that object's counts; empty patches add nothing."""
+    from train.clip_aux import MAX_COUNT, OBJECT_COUNT_COLUMN, OBJECT_COUNT_KEYS, ClipWithAux
+
+    clip = tiny_clip()
+    plain, counted = ClipWithAux(clip, -2), ClipWithAux(clip, -2, object_counts=0.5)
+    assert plain.object_count_head is None
+    counted.load_state_dict(plain.state_dict(), strict=False)  # the same towers and other heads
+    batch = tiny_batch()
+    with torch.no_grad():
+        base, more = plain(**batch, aux_weight=1.0), counted(**batch, aux_weight=1.0)
+        patches = clip.vision_model(batch["pixel_values"], output_hidden_states=True).hidden_states[-2][:, 1:]
+        logits = counted.object_count_head(patches[:, 0]).view(2, len(OBJECT_COUNT_KEYS), MAX_COUNT + 1)
+        expected = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), batch["cells"][:, 0, OBJECT_COUNT_COLUMN:].flatten()
+        )
+    assert base["object_count_logits"] is None
+    assert more["object_count_logits"].shape == (2, 4, len(OBJECT_COUNT_KEYS), MAX_COUNT + 1)
     assert float(more["aux"] - base["aux"]) == pytest.approx(0.5 * float(expected), rel=1e-4)
     assert float(expected) > 0.5
 
@@ -109,9 +162,11 @@ def test_region_targets_match_the_world_position_of_a_center_in_the_patch() -> N
                 assert REGIONS[regions[row * grid + col]] == position_of(center, size), (grid, row, col)
 
 
-@pytest.mark.parametrize(("precision", "patch_counts"), [("fp32", 0.0), ("bf16", 0.5)])
+@pytest.mark.parametrize(
+    ("precision", "patch_counts", "object_counts"), [("fp32", 0.0, 0.0), ("bf16", 0.5, 0.5)]
+)
 def test_clip_stage_saves_a_vision_tower_the_model_loads(
-    tmp_path: Path, precision: str, patch_counts: float
+    tmp_path: Path, precision: str, patch_counts: float, object_counts: float
 ) -> None:
     from mllm.config import load_model_config
     from mllm.model import MultimodalModel
@@ -135,6 +190,7 @@ def test_clip_stage_saves_a_vision_tower_the_model_loads(
             "projection_dim": 16,
             "recolor_prob": 0.5,
             "patch_counts": patch_counts,
+            "object_counts": object_counts,
         },
         micro_batch_size=8,
         max_steps=3,
@@ -149,6 +205,7 @@ def test_clip_stage_saves_a_vision_tower_the_model_loads(
     assert {"color_accuracy", "shape_accuracy", "size_accuracy", "count_accuracy", "region_accuracy"} <= set(
         summary["eval"]
     )
+    assert ("object_count_accuracy" in summary["eval"]) == (object_counts > 0)
     assert (run / "loss.png").is_file() and (run / "clip" / "vocab.json").is_file()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {"contrastive", "aux"} <= set(rows[0])
@@ -166,7 +223,7 @@ def test_recolor_repaints_objects_off_palette_and_drops_only_their_colour(tmp_pa
 
     from data_tools.synth.world import BACKGROUNDS, COLORS
     from mllm.images import ImagePreprocessor
-    from train.clip_aux import COUNT_KEYS, IGNORE
+    from train.clip_aux import COUNT_KEYS, IGNORE, OBJECT_COUNT_COLUMN
     from train.clip_data import OFF_PALETTE_DISTANCE, load_samples, recolor
 
     data = make_data(tmp_path / "data", num_images=8)
@@ -199,6 +256,10 @@ def test_recolor_repaints_objects_off_palette_and_drops_only_their_colour(tmp_pa
         occupied = sample.cells[:, 0] > 0
         assert (out.cells[occupied, 1] == IGNORE).all()  # colour
         assert torch.equal(out.cells[:, [0, 2, 3]], sample.cells[:, [0, 2, 3]])  # occupancy, shape, size
+        # each object's counts: all and of its shape as before, of its colour unknown
+        assert (out.cells[occupied, OBJECT_COUNT_COLUMN + 1] == IGNORE).all()
+        others = [OBJECT_COUNT_COLUMN, OBJECT_COUNT_COLUMN + 2]
+        assert torch.equal(out.cells[:, others], sample.cells[:, others])
         counts = dict(zip(COUNT_KEYS, out.counts.tolist()))
         assert counts["all"] == len(sample.scene["objects"]) and all(counts[c] == 0 for c in COLORS)
         assert torch.equal(out.counts[len(COLORS) + 1 :], sample.counts[len(COLORS) + 1 :])  # shape counts
@@ -227,6 +288,8 @@ def test_probe_reads_colour_off_a_tower_on_seen_and_held_out_pairs(tmp_path: Pat
     color = result["color"]  # chance is 1/6
     assert color["train"] > 0.9 and color["seen"] > 0.5 and color["held_out"] > 0.5, result
     assert all(0 <= result["shape"][k] <= 1 for k in ("train", "seen", "held_out"))
+    assert set(result["object_counts"]) == {"all", "color", "shape"}
+    assert all(0 <= v <= 1 for v in result["object_counts"].values())
     vision = load_model_config(TINY_MODEL).vision
     preprocess = ImagePreprocessor(vision.image_size, vision.image_mean, vision.image_std)
     tower = CLIPVisionModel.from_pretrained(tmp_path / "vision").eval()

@@ -31,7 +31,7 @@ from mllm.config import LLMConfig, ModelConfig, load_model_config
 from mllm.errors import MllmError
 from mllm.images import ImagePreprocessor
 from mllm.llm import load_tokenizer
-from train.clip_aux import PATCH_GROUPS, ClipWithAux, region_targets
+from train.clip_aux import IGNORE, OBJECT_COUNT_COLUMN, PATCH_GROUPS, ClipWithAux, region_targets
 from train.clip_data import EOS_ID, ClipSample, collate, load_samples, read_pairs, recolor
 from train.config import TrainConfig, save_train_config
 from train.engine import init_distributed, initialize
@@ -101,12 +101,15 @@ def evaluate_clip(
     model: ClipWithAux, samples: list[ClipSample], batch_size: int, aux_weight: float
 ) -> dict[str, float]:
     """Image->text retrieval accuracy inside each batch; the per-patch heads' accuracy on the patches that hold
-    an object center (and the share of patches read exactly, empty ones included); count-head accuracy."""
+    an object center (and the share of patches read exactly, empty ones included); count-head accuracy, and
+    with `object_counts` the accuracy of the counts read at object centers."""
     model.eval()
     hits = total = 0
     loss = 0.0
     right: dict[str, int] = dict.fromkeys(PATCH_GROUPS, 0)
-    occupied = exact = patches = counts_ok = counts_total = regions_ok = 0
+    occupied = exact = patches = counts_ok = counts_total = regions_ok = object_counts_ok = (
+        object_counts_total
+    ) = 0
     for start in range(0, len(samples) - batch_size + 1, batch_size):
         batch = collate(samples[start : start + batch_size], next(model.parameters()).dtype)
         out = model(**batch, aux_weight=aux_weight)
@@ -126,6 +129,11 @@ def evaluate_clip(
         grid = math.isqrt(cells.shape[1])
         regions_ok += int((out["region_logits"].argmax(-1) == region_targets(grid)).sum())
         counts_total += batch["counts"].numel()
+        if out["object_count_logits"] is not None:
+            targets = cells[..., OBJECT_COUNT_COLUMN:]
+            known = targets != IGNORE
+            object_counts_ok += int(((out["object_count_logits"].argmax(-1) == targets) & known).sum())
+            object_counts_total += int(known.sum())
         loss += float(out["loss"]) * batch_size
     model.train()
     return {
@@ -135,6 +143,7 @@ def evaluate_clip(
         **{f"{name}_accuracy": value / max(occupied, 1) for name, value in right.items()},
         "count_accuracy": counts_ok / max(counts_total, 1),
         "region_accuracy": regions_ok / max(patches, 1),
+        **({"object_count_accuracy": object_counts_ok / object_counts_total} if object_counts_total else {}),
     }
 
 
@@ -207,7 +216,7 @@ def train_clip(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
     with torch.random.fork_rng():
         torch.manual_seed(vision.init_seed)
         clip = build_clip(model_config, config, len(vocab))
-        model = ClipWithAux(clip, vision.feature_layer, config.clip.patch_counts)
+        model = ClipWithAux(clip, vision.feature_layer, config.clip.patch_counts, config.clip.object_counts)
     log.info(
         "clip: vision %s params, text %s params, %d pairs, %d eval pairs",
         f"{sum(p.numel() for p in model.clip.vision_model.parameters()):,}",

@@ -9,7 +9,11 @@ so the frozen features carry where they are, not only what: the LLM then finds a
 rather than by counting token positions. The mean patch feature gives the background and the counts (all
 objects, per colour, per shape); with `patch_counts` every patch predicts the counts too (the same head), so
 any one image token carries them: a linear probe of a single patch then reads the total count about as well as
-one of the mean (88-89% against 61-66% for a tower without; `python -m train.probe --counts`).
+one of the mean (88-89% against 61-66% for a tower without; `python -m train.probe --counts`). With
+`object_counts` only the patch holding an object's center predicts counts, the ones a question about that object
+needs: how many objects there are in all, of its colour and of its shape. The LLM then answers "How many red
+objects?" by finding a red object's token, as it finds where an object is, instead of adding up tokens; patches
+without an object are left to position and background.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ IGNORE = -100  # attribute target of a patch without an object center (cross_ent
 PATCH_GROUPS: dict[str, tuple[str, ...]] = {"color": tuple(COLORS), "shape": SHAPES, "size": SIZES}
 # Per-image counts predicted from the mean patch feature: all objects, each colour, each shape.
 COUNT_KEYS: tuple[str, ...] = ("all", *COLORS, *SHAPES)
+# Per-patch counts of the object centered there (`object_counts`): all objects, those of its colour, of its shape.
+OBJECT_COUNT_KEYS: tuple[str, ...] = ("all", "color", "shape")
+OBJECT_COUNT_COLUMN = 1 + len(PATCH_GROUPS)  # where they start in `cell_targets`' columns
 MAX_COUNT = MAX_OBJECTS
 BACKGROUND_INDEX = {b: i for i, b in enumerate(BACKGROUNDS)}
 REGIONS: tuple[str, ...] = tuple(name for row in POSITIONS for name in row)
@@ -41,19 +48,27 @@ def region_targets(grid: int) -> torch.Tensor:
 
 
 def cell_targets(scene: dict[str, Any], grid: int) -> torch.Tensor:
-    """Per patch of the grid x grid: [occupied, colour, shape, size], where occupied is 1 when an object's
-    center falls in the patch and the attributes are that object's class indices (IGNORE where none is, or
-    where the object's attribute is None, as a repainted object's colour is; when two centers share a patch,
-    the later object wins)."""
-    targets = torch.full((grid * grid, 1 + len(PATCH_GROUPS)), IGNORE, dtype=torch.long)
+    """Per patch of the grid x grid: [occupied, colour, shape, size, count all, count colour, count shape],
+    where occupied is 1 when an object's center falls in the patch, the attributes are that object's class
+    indices and the counts how many objects the scene has in all, of that object's colour and of its shape
+    (IGNORE where no object is, or where the object's attribute is None, as a repainted object's colour is;
+    when two centers share a patch, the later object wins)."""
+    targets = torch.full(
+        (grid * grid, OBJECT_COUNT_COLUMN + len(OBJECT_COUNT_KEYS)), IGNORE, dtype=torch.long
+    )
     targets[:, 0] = 0
     size = scene["image_size"]
-    for obj in scene["objects"]:
+    objects = scene["objects"]
+    for obj in objects:
         x, y = obj["center"]
         cell = min(grid - 1, y * grid // size) * grid + min(grid - 1, x * grid // size)
         targets[cell, 0] = 1
         for g, (group, labels) in enumerate(PATCH_GROUPS.items(), 1):
             targets[cell, g] = IGNORE if obj[group] is None else labels.index(obj[group])
+        counts = [len(objects)] + [sum(o[key] == obj[key] for o in objects) for key in OBJECT_COUNT_KEYS[1:]]
+        for k, (key, count) in enumerate(zip(OBJECT_COUNT_KEYS, counts, strict=True)):
+            if key == "all" or obj[key] is not None:
+                targets[cell, OBJECT_COUNT_COLUMN + k] = min(count, MAX_COUNT)
     return targets
 
 
@@ -68,11 +83,15 @@ def count_targets(scene: dict[str, Any]) -> torch.Tensor:
 
 class ClipWithAux(nn.Module):
     """CLIPModel plus the auxiliary heads on layer `feature_layer`: per-patch attributes, background and counts
-    from the mean patch feature, and with `patch_counts` > 0 the counts from every patch as well (that weight)."""
+    from the mean patch feature, with `patch_counts` > 0 the counts from every patch as well (that weight), and
+    with `object_counts` > 0 the counts of each object's kind from the patch holding its center (that weight)."""
 
-    def __init__(self, clip: CLIPModel, feature_layer: int, patch_counts: float = 0.0) -> None:
+    def __init__(
+        self, clip: CLIPModel, feature_layer: int, patch_counts: float = 0.0, object_counts: float = 0.0
+    ) -> None:
         super().__init__()
         self.patch_counts = patch_counts
+        self.object_counts = object_counts
         self.clip = clip
         # DeepSpeed broadcasts parameters as bytes, which a 0-dim tensor cannot be viewed as: keep shape [1]
         clip.logit_scale = nn.Parameter(clip.logit_scale.detach().reshape(1))
@@ -86,6 +105,11 @@ class ClipWithAux(nn.Module):
         self.background_head = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, len(BACKGROUNDS)))
         self.count_head = nn.Sequential(
             nn.LayerNorm(hidden), nn.Linear(hidden, len(COUNT_KEYS) * (MAX_COUNT + 1))
+        )
+        self.object_count_head = (
+            nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, len(OBJECT_COUNT_KEYS) * (MAX_COUNT + 1)))
+            if object_counts > 0
+            else None
         )
 
     def forward(
@@ -114,7 +138,7 @@ class ClipWithAux(nn.Module):
         regions = region_targets(math.isqrt(patches.shape[1])).to(patches.device)
         aux = nn.functional.binary_cross_entropy_with_logits(occupied, cells[..., 0].to(occupied.dtype))
         aux = aux + cross_entropy(region_logits.flatten(0, 1), regions.repeat(patches.shape[0]))
-        for g, logits in enumerate(patch_logits.values(), 1):
+        for g, logits in enumerate(patch_logits.values(), 1):  # the attribute columns of `cells`
             aux = aux + cross_entropy(logits.flatten(0, 1), cells[..., g].flatten(), ignore_index=IGNORE)
         count_logits = self.count_head(pooled).view(-1, len(COUNT_KEYS), MAX_COUNT + 1)
         aux = aux + cross_entropy(count_logits.flatten(0, 1), counts.flatten())
@@ -122,6 +146,15 @@ class ClipWithAux(nn.Module):
             per_patch = self.count_head(patches).view(*patches.shape[:2], len(COUNT_KEYS), MAX_COUNT + 1)
             every = counts[:, None].expand(-1, patches.shape[1], -1)
             aux = aux + self.patch_counts * cross_entropy(per_patch.flatten(0, 2), every.flatten())
+        object_count_logits = None
+        if self.object_count_head is not None:
+            object_count_logits = self.object_count_head(patches).view(
+                *patches.shape[:2], len(OBJECT_COUNT_KEYS), MAX_COUNT + 1
+            )
+            targets = cells[..., OBJECT_COUNT_COLUMN:]
+            aux = aux + self.object_counts * cross_entropy(
+                object_count_logits.flatten(0, 2), targets.flatten(), ignore_index=IGNORE
+            )
         aux = aux + cross_entropy(self.background_head(pooled), background)
         return {
             "loss": out.loss + aux_weight * aux,
@@ -132,4 +165,5 @@ class ClipWithAux(nn.Module):
             "region_logits": region_logits,
             "patch_logits": patch_logits,
             "count_logits": count_logits,
+            "object_count_logits": object_count_logits,
         }

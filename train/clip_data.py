@@ -43,7 +43,9 @@ class ClipSample:
 
     image: torch.Tensor
     tokens: list[int]
-    cells: torch.Tensor  # [P, 1 + len(PATCH_GROUPS)]: occupied, then class per group (IGNORE if empty)
+    cells: (
+        torch.Tensor
+    )  # [P, columns]: occupied, class per group, counts of its object (clip_aux.cell_targets)
     counts: torch.Tensor  # [len(COUNT_KEYS)] object counts
     background: int
     scene: dict[str, Any]

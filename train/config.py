@@ -72,6 +72,9 @@ class ClipConfig:
     # > 0: every patch also predicts the image's counts, not only the mean patch feature, at this weight of the
     # per-patch count loss (train/clip_aux.py)
     patch_counts: float = 0.0
+    # > 0: the patch holding an object's center also predicts how many objects there are in all, of its colour and
+    # of its shape, at this weight of that loss (train/clip_aux.py)
+    object_counts: float = 0.0
     scenes: str | None = None  # scenes.jsonl for the auxiliary targets (default: next to `data.train`)
 
 

@@ -6,8 +6,10 @@ features of `vision.feature_layer`) and scored on the `compositional` split, sep
 held-out (colour, shape) pairs. A tower whose shape features do not depend on colour reads held-out pairs as well
 as seen ones; the gap is what the multimodal model's compositional accuracy has to work against.
 
-With `--counts`, also: how well the total object count is read from the mean patch feature and from the
-feature of one patch alone (a tower trained with `clip.patch_counts` writes the counts into every patch).
+The same patches are also probed for the counts a question about their object needs: how many objects there
+are in all, of its colour and of its shape (`object_counts`; a tower trained with `clip.object_counts` writes
+them there). With `--counts`, also: how well the total object count is read from the mean patch feature and from
+the feature of one patch alone (a tower trained with `clip.patch_counts` writes the counts into every patch).
 
     python -m train.probe runs/release/clip/vision --data runs/release/data
 """
@@ -27,7 +29,15 @@ from data_tools.synth.world import HELD_OUT_PAIRS
 from mllm.config import load_model_config
 from mllm.images import ImagePreprocessor
 from mllm.jsonl import read_jsonl
-from train.clip_aux import MAX_COUNT, PATCH_GROUPS, cell_targets, count_targets
+from train.clip_aux import (
+    IGNORE,
+    MAX_COUNT,
+    OBJECT_COUNT_COLUMN,
+    OBJECT_COUNT_KEYS,
+    PATCH_GROUPS,
+    cell_targets,
+    count_targets,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -68,7 +78,8 @@ def fit_probe(
 def probe_tower(
     vision: Path, data: Path, model_config: Path, train_images: int, eval_images: int
 ) -> dict[str, Any]:
-    """Accuracy of a colour probe and a shape probe on `compositional` objects of seen and held-out pairs."""
+    """Accuracy of a colour probe and a shape probe on `compositional` objects of seen and held-out pairs, and of
+    probes of each object's counts (OBJECT_COUNT_KEYS) on all `compositional` objects."""
     config = load_model_config(str(model_config)).vision
     preprocess = ImagePreprocessor(config.image_size, config.image_mean, config.image_std)
     tower = CLIPVisionModel.from_pretrained(vision, dtype=torch.float32).eval()
@@ -91,6 +102,14 @@ def probe_tower(
                 "seen": float(right[~held].float().mean()),
                 "held_out": float(right[held].float().mean()),
             }
+    result["object_counts"] = {}
+    for k, key in enumerate(OBJECT_COUNT_KEYS):
+        column = OBJECT_COUNT_COLUMN + k
+        fit, scored = y_train[:, column] != IGNORE, y_eval[:, column] != IGNORE
+        probe = fit_probe(x_train[fit], y_train[fit, column], MAX_COUNT + 1)
+        with torch.no_grad():
+            right = probe(x_eval[scored]).argmax(-1) == y_eval[scored, column]
+        result["object_counts"][key] = float(right.float().mean())
     return result
 
 
