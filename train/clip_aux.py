@@ -11,9 +11,10 @@ objects, per colour, per shape); with `patch_counts` every patch predicts the co
 any one image token carries them: a linear probe of a single patch then reads the total count about as well as
 one of the mean (88-89% against 61-66% for a tower without; `python -m train.probe --counts`). With
 `object_counts` only the patch holding an object's center predicts counts, the ones a question about that object
-needs: how many objects there are in all, of its colour and of its shape. The LLM then answers "How many red
-objects?" by finding a red object's token, as it finds where an object is, instead of adding up tokens; patches
-without an object are left to position and background.
+needs: how many objects there are in all, of its colour and of its shape, so that "How many red objects?" could be
+read off a red object's token, as its position is, instead of adding up tokens (empty patches are not asked). The
+tower learns them, but an assistant built on such a tower lost its position answers (train/release_notes.md,
+session 19), so it is off in the release config.
 """
 
 from __future__ import annotations
