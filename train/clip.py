@@ -107,9 +107,8 @@ def evaluate_clip(
     hits = total = 0
     loss = 0.0
     right: dict[str, int] = dict.fromkeys(PATCH_GROUPS, 0)
-    occupied = exact = patches = counts_ok = counts_total = regions_ok = object_counts_ok = (
-        object_counts_total
-    ) = 0
+    occupied = exact = patches = counts_ok = counts_total = regions_ok = 0
+    object_counts_ok = object_counts_total = 0
     for start in range(0, len(samples) - batch_size + 1, batch_size):
         batch = collate(samples[start : start + batch_size], next(model.parameters()).dtype)
         out = model(**batch, aux_weight=aux_weight)

@@ -59,17 +59,17 @@ def cell_targets(scene: dict[str, Any], grid: int) -> torch.Tensor:
     )
     targets[:, 0] = 0
     size = scene["image_size"]
-    objects = scene["objects"]
-    for obj in objects:
+    image_counts = dict(zip(COUNT_KEYS, count_targets(scene).tolist()))  # by "all", colour or shape name
+    for obj in scene["objects"]:
         x, y = obj["center"]
         cell = min(grid - 1, y * grid // size) * grid + min(grid - 1, x * grid // size)
         targets[cell, 0] = 1
         for g, (group, labels) in enumerate(PATCH_GROUPS.items(), 1):
             targets[cell, g] = IGNORE if obj[group] is None else labels.index(obj[group])
-        counts = [len(objects)] + [sum(o[key] == obj[key] for o in objects) for key in OBJECT_COUNT_KEYS[1:]]
-        for k, (key, count) in enumerate(zip(OBJECT_COUNT_KEYS, counts, strict=True)):
-            if key == "all" or obj[key] is not None:
-                targets[cell, OBJECT_COUNT_COLUMN + k] = min(count, MAX_COUNT)
+        for k, key in enumerate(OBJECT_COUNT_KEYS):
+            name = key if key == "all" else obj[key]
+            if name is not None:
+                targets[cell, OBJECT_COUNT_COLUMN + k] = image_counts[name]
     return targets
 
 
