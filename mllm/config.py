@@ -28,6 +28,9 @@ class VisionConfig:
     type: str = "clip"  # registry name: clip | siglip
     source: str | None = None
     feature_layer: int = -2
+    # which tokens of that layer the projector gets (transformers' `vision_feature_select_strategy`): "default"
+    # drops CLIP's class token, "full" keeps it first (an image-level token); the same for towers without one
+    feature_select: str = "default"
     image_size: int = 224
     patch_size: int = 14
     hidden_size: int = 768

@@ -63,7 +63,7 @@ class MultimodalModel(nn.Module):
         self.projector = projector
         self.llm = llm
         self.tokenizer = tokenizer
-        self.num_image_tokens = projector.num_tokens(vision.num_patches)
+        self.num_image_tokens = projector.num_tokens(vision.num_features)
         self.processor = MultimodalProcessor(
             tokenizer,
             config.llm.image_token,

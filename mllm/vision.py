@@ -1,4 +1,5 @@
-"""Frozen vision tower: pixels -> patch features [B, P, Dv] from a selectable hidden layer (CLS dropped for CLIP).
+"""Frozen vision tower: pixels -> patch features [B, P, Dv] from a selectable hidden layer (CLIP's CLS token dropped,
+or kept first with `feature_select: full`).
 
 Any Hugging Face CLIP or SigLIP vision model loads from a hub id or local folder (a full CLIPModel folder
 works too); without a source a random tower is built from the config's sizes.
@@ -40,6 +41,7 @@ class VisionFamily:
 VISION_FAMILIES: Registry[VisionFamily] = Registry("vision tower type")
 VISION_FAMILIES.add("clip", VisionFamily(CLIPVisionConfig, CLIPVisionModel, has_cls_token=True))
 VISION_FAMILIES.add("siglip", VisionFamily(SiglipVisionConfig, SiglipVisionModel, has_cls_token=False))
+FEATURE_SELECT = ("default", "full")  # VisionConfig.feature_select: drop or keep the class token
 
 
 def build_vision_model(config: VisionConfig) -> PreTrainedModel:
@@ -76,6 +78,14 @@ class VisionTower(nn.Module):
         self.image_size: int = hf.image_size
         self.hidden_size: int = hf.hidden_size
         self.num_patches: int = (hf.image_size // hf.patch_size) ** 2
+        if config.feature_select not in FEATURE_SELECT:
+            raise ValueError(
+                f"feature_select {config.feature_select!r}: expected one of {', '.join(FEATURE_SELECT)}"
+            )
+        self.keep_cls = self.family.has_cls_token and config.feature_select == "full"
+        self.num_features: int = self.num_patches + int(
+            self.keep_cls
+        )  # tokens per image that forward returns
         num_layers = hf.num_hidden_layers
         if not -num_layers - 1 <= config.feature_layer <= num_layers:
             raise ValueError(f"feature_layer {config.feature_layer} outside the tower's {num_layers} layers")
@@ -93,9 +103,9 @@ class VisionTower(nn.Module):
 
     @torch.no_grad()
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] -> [B, P, Dv] features of the configured layer."""
+        """[B, 3, H, W] -> [B, num_features, Dv] features of the configured layer (the CLS token first if kept)."""
         out = self.model(pixel_values.to(self.dtype), output_hidden_states=True)
         features = out.hidden_states[self.config.feature_layer]
-        if self.family.has_cls_token:
+        if self.family.has_cls_token and not self.keep_cls:
             features = features[:, 1:]
         return features

@@ -4,7 +4,7 @@ hf-llava: LoRA merged into the LLM, then a `LlavaForConditionalGeneration` (conf
 `LlavaProcessor` (image processor, tokenizer holding the image token, chat template) that load with
 transformers alone and give mllm's logits. How the parts map:
 - vision tower: copied as is; `vision_feature_layer` = mllm's feature layer; strategy "default" drops CLIP's
-  CLS token as mllm does ("full" for SigLIP, which has none);
+  CLS token as mllm does, "full" keeps it (`feature_select: full`) or has none to drop (SigLIP);
 - projector: `mlp2x_gelu` is LLaVA's projector (fc1 -> linear_1, GELU, fc2 -> linear_2); `linear` becomes
   linear_1 = the projection, act = identity ("linear"), linear_2 = an identity matrix with zero bias (exact);
   `qformer` has no LLaVA equivalent and is refused;
@@ -108,7 +108,7 @@ def build_llava(model: MultimodalModel) -> tuple[LlavaForConditionalGeneration, 
         image_token_index=image_token_id,
         image_seq_length=model.num_image_tokens,
         projector_hidden_act="gelu" if ptype == "mlp2x_gelu" else "linear",
-        vision_feature_select_strategy="default" if has_cls else "full",
+        vision_feature_select_strategy="default" if has_cls and not model.vision.keep_cls else "full",
         vision_feature_layer=model.config.vision.feature_layer,
         multimodal_projector_bias=True,
     )

@@ -103,3 +103,29 @@ def test_siglip_tower_from_a_local_folder(tiny_config, tmp_path):
     model = MultimodalModel.build(tiny_config)
     assert model.vision.num_patches == 16 and model.num_image_tokens == 16
     assert model.vision(torch.randn(1, 3, 32, 32)).shape == (1, 16, 32)
+
+
+def test_feature_select_full_keeps_the_class_token(tiny_config):
+    """`feature_select: full` hands the projector the CLS token first, then the same patches as "default"."""
+    pixels = torch.randn(2, 3, 32, 32)
+    default = MultimodalModel.build(tiny_config)
+    tiny_config.vision.feature_select = "full"
+    full = MultimodalModel.build(tiny_config)
+    assert full.vision.num_features == 17 and full.num_image_tokens == 17 and default.num_image_tokens == 16
+    hidden = full.vision.model(pixels, output_hidden_states=True).hidden_states[
+        tiny_config.vision.feature_layer
+    ]
+    features = full.vision(pixels)
+    torch.testing.assert_close(features[:, 0], hidden[:, 0])
+    torch.testing.assert_close(features[:, 1:], default.vision(pixels))
+    encoded = full.processor.encode_llava(
+        {
+            "id": "f",
+            "image": "a.png",
+            "conversations": [{"from": "human", "value": "<image>Hi"}, {"from": "gpt", "value": "Yo"}],
+        }
+    )
+    assert encoded.input_ids.count(full.image_token_id) == 17
+    tiny_config.vision.feature_select = "cls"
+    with pytest.raises(ValueError, match="feature_select 'cls'"):
+        MultimodalModel.build(tiny_config)

@@ -1,6 +1,6 @@
 """`mllm export`: a tiny LoRA checkpoint (random, non-zero LoRA weights) exported as a transformers LLaVA
 folder loads with transformers alone and matches mllm (prompt ids, pixels, logits within 1e-4, greedy
-generation) for the linear and mlp2x_gelu projectors; a merged export is an mllm checkpoint that loads and
+generation) for the linear and mlp2x_gelu projectors, and with the CLS token kept (`feature_select: full`); a merged export is an mllm checkpoint that loads and
 gives the same logits; unsupported projectors and occupied folders are refused."""
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ TINY = Path(__file__).resolve().parent.parent / "configs" / "model" / "tiny-test
 QUESTION = "What is in the picture?"
 
 
-def lora_checkpoint(folder: Path, projector: str) -> Path:
+def lora_checkpoint(folder: Path, projector: str, feature_select: str = "default") -> Path:
     """The tiny model with LoRA, every LLM (incl. LoRA) and projector weight redrawn, saved with its adapter."""
     config = load_model_config(TINY)
     config.lora.enabled = True
     config.projector.type = projector
+    config.vision.feature_select = feature_select
     config.system_prompt = "You answer briefly."
     model = MultimodalModel.build(config)
     generator = torch.Generator().manual_seed(3)
@@ -43,11 +44,16 @@ def picture(width: int = 32, height: int = 32) -> Image.Image:
     return image
 
 
-@pytest.mark.parametrize("projector", ["mlp2x_gelu", "linear"])
-def test_hf_llava_matches_mllm(projector: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("projector", "feature_select"),
+    [("mlp2x_gelu", "default"), ("linear", "default"), ("mlp2x_gelu", "full")],
+)
+def test_hf_llava_matches_mllm(
+    projector: str, feature_select: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    checkpoint = lora_checkpoint(tmp_path / "ckpt", projector)
+    checkpoint = lora_checkpoint(tmp_path / "ckpt", projector, feature_select)
     out = tmp_path / "hf"
     assert main(["export", "--model", str(checkpoint), "--format", "hf-llava", "--out", str(out)]) == 0
     assert str(out) in capsys.readouterr().out
@@ -61,7 +67,11 @@ def test_hf_llava_matches_mllm(projector: str, tmp_path: Path, capsys: pytest.Ca
     processor = AutoProcessor.from_pretrained(out)
     assistant = mllm.load(str(checkpoint), precision="fp32")
     assert llava.config.image_token_id == assistant.model.image_token_id
-    assert llava.config.image_seq_length == assistant.model.num_image_tokens == 16
+    assert (
+        llava.config.image_seq_length
+        == assistant.model.num_image_tokens
+        == (17 if feature_select == "full" else 16)
+    )
 
     image = picture()
     ids, pixels = assistant.prepare([{"role": "user", "content": QUESTION}], [image])

@@ -148,6 +148,27 @@ def test_object_counts_add_the_count_loss_of_object_patches_only() -> None:
     assert float(expected) > 0.5
 
 
+def test_image_heads_cls_read_the_class_token() -> None:
+    """With `image_heads="cls"` the count and background heads read the feature layer's class token instead of
+    the mean patch feature, so their loss trains that token; an unknown choice is refused."""
+    import pytest
+
+    from train.clip_aux import COUNT_KEYS, MAX_COUNT, ClipWithAux
+
+    clip = tiny_clip()
+    mean, cls = ClipWithAux(clip, -2), ClipWithAux(clip, -2, image_heads="cls")
+    cls.load_state_dict(mean.state_dict())
+    batch = tiny_batch()
+    with torch.no_grad():
+        tokens = clip.vision_model(batch["pixel_values"], output_hidden_states=True).hidden_states[-2]
+        for model, pooled in ((mean, tokens[:, 1:].mean(1)), (cls, tokens[:, 0])):
+            expected = model.count_head(pooled).view(2, len(COUNT_KEYS), MAX_COUNT + 1)
+            torch.testing.assert_close(model(**batch, aux_weight=1.0)["count_logits"], expected)
+    assert not torch.allclose(tokens[:, 0], tokens[:, 1:].mean(1))
+    with pytest.raises(ValueError, match="image_heads 'max'"):
+        ClipWithAux(clip, -2, image_heads="max")
+
+
 def test_region_targets_match_the_world_position_of_a_center_in_the_patch() -> None:
     """Each patch's region target is the shapes world's own position name for a center in that patch."""
     from data_tools.synth.world import position_of
@@ -163,10 +184,11 @@ def test_region_targets_match_the_world_position_of_a_center_in_the_patch() -> N
 
 
 @pytest.mark.parametrize(
-    ("precision", "patch_counts", "object_counts"), [("fp32", 0.0, 0.0), ("bf16", 0.5, 0.5)]
+    ("precision", "patch_counts", "object_counts", "image_heads"),
+    [("fp32", 0.0, 0.0, "mean"), ("bf16", 0.5, 0.5, "cls")],
 )
 def test_clip_stage_saves_a_vision_tower_the_model_loads(
-    tmp_path: Path, precision: str, patch_counts: float, object_counts: float
+    tmp_path: Path, precision: str, patch_counts: float, object_counts: float, image_heads: str
 ) -> None:
     from mllm.config import load_model_config
     from mllm.model import MultimodalModel
@@ -191,6 +213,7 @@ def test_clip_stage_saves_a_vision_tower_the_model_loads(
             "recolor_prob": 0.5,
             "patch_counts": patch_counts,
             "object_counts": object_counts,
+            "image_heads": image_heads,
         },
         micro_batch_size=8,
         max_steps=3,
@@ -294,5 +317,5 @@ def test_probe_reads_colour_off_a_tower_on_seen_and_held_out_pairs(tmp_path: Pat
     preprocess = ImagePreprocessor(vision.image_size, vision.image_mean, vision.image_std)
     tower = CLIPVisionModel.from_pretrained(tmp_path / "vision").eval()
     counts = probe_counts(tower, preprocess, tmp_path, vision.feature_layer, 48, 24)
-    assert set(counts) == {"mean", "patch_0", "patch_7", "patch_15"}  # the tiny tower's 4x4 patches
+    assert set(counts) == {"mean", "cls", "patch_0", "patch_7", "patch_15"}  # the tiny tower's 4x4 patches
     assert all(0 <= v <= 1 for v in counts.values())

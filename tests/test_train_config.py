@@ -31,6 +31,8 @@ def test_overrides_and_errors(tmp_path: Path) -> None:
         load_train_config(path, ["max_steps=many"])
     with pytest.raises(MllmError, match="field llm: 'half'"):
         load_train_config(path, ["llm=half"])
+    with pytest.raises(MllmError, match="field clip.image_heads: 'max' is not one of mean, cls"):
+        load_train_config(path, ["clip.image_heads=max"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("stage: align\n  model: [\n")
     with pytest.raises(MllmError, match="bad.yaml: invalid YAML"):

@@ -215,7 +215,13 @@ def train_clip(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
     with torch.random.fork_rng():
         torch.manual_seed(vision.init_seed)
         clip = build_clip(model_config, config, len(vocab))
-        model = ClipWithAux(clip, vision.feature_layer, config.clip.patch_counts, config.clip.object_counts)
+        model = ClipWithAux(
+            clip,
+            vision.feature_layer,
+            config.clip.patch_counts,
+            config.clip.object_counts,
+            config.clip.image_heads,
+        )
     log.info(
         "clip: vision %s params, text %s params, %d pairs, %d eval pairs",
         f"{sum(p.numel() for p in model.clip.vision_model.parameters()):,}",

@@ -27,6 +27,7 @@ from torch import nn
 from transformers import CLIPModel
 
 from data_tools.synth.world import BACKGROUNDS, COLORS, MAX_OBJECTS, POSITIONS, SHAPES, SIZES
+from train.config import IMAGE_HEADS
 
 IGNORE = -100  # attribute target of a patch without an object center (cross_entropy's ignore_index)
 # Per-patch labels of the object centered there, one categorical group per attribute (factorized, so a held-out
@@ -84,13 +85,22 @@ def count_targets(scene: dict[str, Any]) -> torch.Tensor:
 
 class ClipWithAux(nn.Module):
     """CLIPModel plus the auxiliary heads on layer `feature_layer`: per-patch attributes, background and counts
-    from the mean patch feature, with `patch_counts` > 0 the counts from every patch as well (that weight), and
-    with `object_counts` > 0 the counts of each object's kind from the patch holding its center (that weight)."""
+    from the mean patch feature (with `image_heads="cls"` from the class token instead), with `patch_counts` > 0
+    the counts from every patch as well (that weight), and with `object_counts` > 0 the counts of each object's
+    kind from the patch holding its center (that weight)."""
 
     def __init__(
-        self, clip: CLIPModel, feature_layer: int, patch_counts: float = 0.0, object_counts: float = 0.0
+        self,
+        clip: CLIPModel,
+        feature_layer: int,
+        patch_counts: float = 0.0,
+        object_counts: float = 0.0,
+        image_heads: str = "mean",
     ) -> None:
         super().__init__()
+        if image_heads not in IMAGE_HEADS:
+            raise ValueError(f"clip.image_heads {image_heads!r}: expected one of {', '.join(IMAGE_HEADS)}")
+        self.image_heads = image_heads
         self.patch_counts = patch_counts
         self.object_counts = object_counts
         self.clip = clip
@@ -130,8 +140,9 @@ class ClipWithAux(nn.Module):
             return_loss=True,
             output_hidden_states=True,
         )
-        patches = out.vision_model_output.hidden_states[self.feature_layer][:, 1:]
-        pooled = patches.mean(1)
+        tokens = out.vision_model_output.hidden_states[self.feature_layer]
+        patches = tokens[:, 1:]
+        pooled = tokens[:, 0] if self.image_heads == "cls" else patches.mean(1)
         cross_entropy = nn.functional.cross_entropy
         patch_logits = {name: head(patches) for name, head in self.patch_heads.items()}
         occupied = patch_logits.pop("occupied").squeeze(-1)

@@ -22,6 +22,7 @@ STAGES = ("clip", "align", "instruct")
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 LLM_MODES = ("frozen", "lora", "qlora4", "qlora8", "full")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+IMAGE_HEADS = ("mean", "cls")  # what the clip stage's per-image heads read (ClipConfig.image_heads)
 
 
 @dataclass
@@ -75,6 +76,9 @@ class ClipConfig:
     # > 0: the patch holding an object's center also predicts how many objects there are in all, of its colour and
     # of its shape, at this weight of that loss (train/clip_aux.py)
     object_counts: float = 0.0
+    # what the per-image heads (counts, background) read: "mean" = the mean patch feature, "cls" = the class token
+    # at the feature layer, the image-level token a model with `vision.feature_select: full` hands the LLM
+    image_heads: str = "mean"
     scenes: str | None = None  # scenes.jsonl for the auxiliary targets (default: next to `data.train`)
 
 
@@ -148,6 +152,10 @@ class TrainConfig:
             )
         if len(self.optim.betas) != 2:
             raise MllmError(f"{where}: field optim.betas: expected two numbers")
+        if self.clip.image_heads not in IMAGE_HEADS:
+            raise MllmError(
+                f"{where}: field clip.image_heads: {self.clip.image_heads!r} is not one of {', '.join(IMAGE_HEADS)}"
+            )
         if not 0 <= self.clip.recolor_prob <= 1:
             raise MllmError(
                 f"{where}: field clip.recolor_prob: must be in [0, 1], got {self.clip.recolor_prob}"

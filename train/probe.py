@@ -8,8 +8,8 @@ as seen ones; the gap is what the multimodal model's compositional accuracy has 
 
 The same patches are also probed for the counts a question about their object needs: how many objects there
 are in all, of its colour and of its shape (`object_counts`; a tower trained with `clip.object_counts` writes
-them there). With `--counts`, also: how well the total object count is read from the mean patch feature and from
-the feature of one patch alone (a tower trained with `clip.patch_counts` writes the counts into every patch).
+them there). With `--counts`, also: how well the total object count is read from the mean patch feature, from the
+class token (`clip.image_heads: cls` trains the counts into it) and from the feature of one patch alone (a tower trained with `clip.patch_counts` writes the counts into every patch).
 
     python -m train.probe runs/release/clip/vision --data runs/release/data
 """
@@ -117,14 +117,13 @@ def probe_tower(
 def image_features(
     tower: CLIPVisionModel, preprocess: ImagePreprocessor, folder: Path, feature_layer: int, images: range
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(patch features [N, P, H], total object counts [N]) of the scenes at `images` of the folder."""
+    """(features [N, 1 + P, H]: the class token, then the patches; total object counts [N]) of the scenes at
+    `images` of the folder."""
     scenes = read_jsonl(folder / "scenes.jsonl")[images.start : images.stop]
     features = []
     for start in range(0, len(scenes), 64):
         pixels = preprocess([folder / "images" / s["image"] for s in scenes[start : start + 64]])
-        features.append(
-            tower(pixel_values=pixels, output_hidden_states=True).hidden_states[feature_layer][:, 1:]
-        )
+        features.append(tower(pixel_values=pixels, output_hidden_states=True).hidden_states[feature_layer])
     return torch.cat(features), torch.stack([count_targets(s)[0] for s in scenes])
 
 
@@ -137,15 +136,16 @@ def probe_counts(
     eval_images: int,
 ) -> dict[str, float]:
     """Accuracy of total-count probes (fitted on the first `train_images` train scenes, scored on the next
-    `eval_images`) that read the mean patch feature, and the first, a middle and the last patch alone."""
+    `eval_images`) that read the mean patch feature, the class token (the image-level token of `clip.image_heads:
+    cls`), and the first, a middle and the last patch alone."""
     x_train, y_train = image_features(tower, preprocess, data / "train", feature_layer, range(train_images))
     x_eval, y_eval = image_features(
         tower, preprocess, data / "train", feature_layer, range(train_images, train_images + eval_images)
     )
-    patches = x_train.shape[1]
-    views = {"mean": (x_train.mean(1), x_eval.mean(1))}
+    patches = x_train.shape[1] - 1
+    views = {"mean": (x_train[:, 1:].mean(1), x_eval[:, 1:].mean(1)), "cls": (x_train[:, 0], x_eval[:, 0])}
     for cell in (0, patches // 2 - 1, patches - 1):
-        views[f"patch_{cell}"] = (x_train[:, cell], x_eval[:, cell])
+        views[f"patch_{cell}"] = (x_train[:, 1 + cell], x_eval[:, 1 + cell])
     result = {}
     for name, (train, held) in views.items():
         mean, std = train.mean(0), train.std(0) + 1e-5
