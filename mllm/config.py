@@ -19,6 +19,7 @@ from mllm.errors import MllmError
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+FEATURE_SELECT = ("default", "full")  # VisionConfig.feature_select: drop or keep the class token
 
 
 @dataclass
@@ -173,7 +174,13 @@ def load_model_config(path: str | Path) -> ModelConfig:
         raise MllmError(f"{path}: model config not found") from None
     except yaml.YAMLError as exc:
         raise MllmError(f"{path}: invalid YAML: {exc}") from None
-    return resolve_paths(from_dict(ModelConfig, data or {}, str(path)), path.parent)
+    config = from_dict(ModelConfig, data or {}, str(path))
+    if config.vision.feature_select not in FEATURE_SELECT:
+        raise MllmError(
+            f"{path}: vision: field feature_select: {config.vision.feature_select!r} is not one of "
+            f"{', '.join(FEATURE_SELECT)}"
+        )
+    return resolve_paths(config, path.parent)
 
 
 def save_model_config(config: ModelConfig, path: str | Path) -> None:

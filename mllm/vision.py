@@ -21,7 +21,7 @@ from transformers import (
     SiglipVisionModel,
 )
 
-from mllm.config import VisionConfig
+from mllm.config import FEATURE_SELECT, VisionConfig
 from mllm.hub import from_pretrained
 from mllm.images import ImagePreprocessor
 from mllm.registry import Registry
@@ -41,7 +41,6 @@ class VisionFamily:
 VISION_FAMILIES: Registry[VisionFamily] = Registry("vision tower type")
 VISION_FAMILIES.add("clip", VisionFamily(CLIPVisionConfig, CLIPVisionModel, has_cls_token=True))
 VISION_FAMILIES.add("siglip", VisionFamily(SiglipVisionConfig, SiglipVisionModel, has_cls_token=False))
-FEATURE_SELECT = ("default", "full")  # VisionConfig.feature_select: drop or keep the class token
 
 
 def build_vision_model(config: VisionConfig) -> PreTrainedModel:
@@ -82,10 +81,9 @@ class VisionTower(nn.Module):
             raise ValueError(
                 f"feature_select {config.feature_select!r}: expected one of {', '.join(FEATURE_SELECT)}"
             )
-        self.keep_cls = self.family.has_cls_token and config.feature_select == "full"
-        self.num_features: int = self.num_patches + int(
-            self.keep_cls
-        )  # tokens per image that forward returns
+        self.drop_cls = self.family.has_cls_token and config.feature_select == "default"
+        # tokens per image that forward returns: the patches, after the class token when it is kept
+        self.num_features: int = self.num_patches + int(self.family.has_cls_token and not self.drop_cls)
         num_layers = hf.num_hidden_layers
         if not -num_layers - 1 <= config.feature_layer <= num_layers:
             raise ValueError(f"feature_layer {config.feature_layer} outside the tower's {num_layers} layers")
@@ -106,6 +104,6 @@ class VisionTower(nn.Module):
         """[B, 3, H, W] -> [B, num_features, Dv] features of the configured layer (the CLS token first if kept)."""
         out = self.model(pixel_values.to(self.dtype), output_hidden_states=True)
         features = out.hidden_states[self.config.feature_layer]
-        if self.family.has_cls_token and not self.keep_cls:
+        if self.drop_cls:
             features = features[:, 1:]
         return features

@@ -108,7 +108,7 @@ def build_llava(model: MultimodalModel) -> tuple[LlavaForConditionalGeneration, 
         image_token_index=image_token_id,
         image_seq_length=model.num_image_tokens,
         projector_hidden_act="gelu" if ptype == "mlp2x_gelu" else "linear",
-        vision_feature_select_strategy="default" if has_cls and not model.vision.keep_cls else "full",
+        vision_feature_select_strategy="default" if model.vision.drop_cls else "full",
         vision_feature_layer=model.config.vision.feature_layer,
         multimodal_projector_bias=True,
     )

@@ -31,6 +31,11 @@ def test_unknown_field_and_wrong_type(tmp_path):
         MllmError, match="bad.yaml: projector: field num_query_tokens: expected int, got 'many'"
     ):
         load_model_config(path)
+    path.write_text("vision:\n  feature_select: cls\n")
+    with pytest.raises(
+        MllmError, match="bad.yaml: vision: field feature_select: 'cls' is not one of default, full"
+    ):
+        load_model_config(path)
     path.write_text("llm: [unclosed\n")
     with pytest.raises(MllmError, match="bad.yaml: invalid YAML"):
         load_model_config(path)

@@ -12,7 +12,8 @@ import torch
 import mllm
 from mllm.config import load_model_config, save_model_config
 from tests.train_support import TINY_MODEL, make_data
-from train.attention import asked_object, layer_attention, patch_of, position_attention
+from train.attention import asked_object, layer_attention, position_attention
+from train.clip_aux import patch_of
 
 
 def test_patch_and_object_lookup() -> None:

@@ -24,6 +24,7 @@ from PIL import Image
 
 from mllm.assistant import Assistant, load
 from mllm.jsonl import read_jsonl
+from train.clip_aux import patch_of
 
 PARTS = ("center", "horizontal", "vertical", "image")  # per layer, in this order
 
@@ -35,12 +36,6 @@ def asked_object(question: str, scene: dict[str, Any]) -> dict[str, Any] | None:
         o for o in scene["objects"] if o["shape"] in words and o["color"] is not None and o["color"] in words
     ]
     return found[0] if len(found) == 1 else None
-
-
-def patch_of(center: tuple[int, int], image_size: int, grid: int) -> tuple[int, int]:
-    """(row, column) of the grid x grid patch holding `center` in an image_size x image_size scene."""
-    x, y = center
-    return min(grid - 1, y * grid // image_size), min(grid - 1, x * grid // image_size)
 
 
 @torch.no_grad()
@@ -87,7 +82,7 @@ def position_attention(assistant: Assistant, data: Path, limit: int) -> dict[str
         obj = asked_object(question["text"], scene)
         if obj is None:
             continue
-        row, col = patch_of(tuple(obj["center"]), scene["image_size"], grid)
+        row, col = patch_of(obj["center"], scene["image_size"], grid)
         text = "<image>\n" + question["text"]
         part = layer_attention(assistant, text, data / "images" / question["image"], row, col)
         total = part if total is None else total + part

@@ -20,6 +20,7 @@ session 19), so it is off in the release config.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -49,6 +50,12 @@ def region_targets(grid: int) -> torch.Tensor:
     return (third[:, None] * 3 + third[None, :]).flatten()
 
 
+def patch_of(center: Sequence[int], image_size: int, grid: int) -> tuple[int, int]:
+    """(row, column) of the grid x grid patch holding `center` (x, y) in an image_size x image_size scene."""
+    x, y = center
+    return min(grid - 1, y * grid // image_size), min(grid - 1, x * grid // image_size)
+
+
 def cell_targets(scene: dict[str, Any], grid: int) -> torch.Tensor:
     """Per patch of the grid x grid: [occupied, colour, shape, size, count all, count colour, count shape],
     where occupied is 1 when an object's center falls in the patch, the attributes are that object's class
@@ -59,11 +66,10 @@ def cell_targets(scene: dict[str, Any], grid: int) -> torch.Tensor:
         (grid * grid, OBJECT_COUNT_COLUMN + len(OBJECT_COUNT_KEYS)), IGNORE, dtype=torch.long
     )
     targets[:, 0] = 0
-    size = scene["image_size"]
     image_counts = dict(zip(COUNT_KEYS, count_targets(scene).tolist()))  # by "all", colour or shape name
     for obj in scene["objects"]:
-        x, y = obj["center"]
-        cell = min(grid - 1, y * grid // size) * grid + min(grid - 1, x * grid // size)
+        row, col = patch_of(obj["center"], scene["image_size"], grid)
+        cell = row * grid + col
         targets[cell, 0] = 1
         for g, (group, labels) in enumerate(PATCH_GROUPS.items(), 1):
             targets[cell, g] = IGNORE if obj[group] is None else labels.index(obj[group])
