@@ -60,6 +60,7 @@ def decode_tokens(
     eos_ids = eos_token_ids(model)
     warpers = _warpers(temperature, top_p)
     inputs_embeds = model.embed(input_ids, pixel_values)
+    positions = model.position_ids(input_ids)
     length = inputs_embeds.shape[1]
     key = None
     if prefix_cache is not None:
@@ -69,9 +70,11 @@ def decode_tokens(
     stepper = stepper_for(llm, length + max_new_tokens, capacity=length + REPLY_ROOM)
     cache = None
     if stepper is not None:
-        logits = _lean_prefill(stepper, inputs_embeds, prefix_cache, key)
+        logits = _lean_prefill(stepper, inputs_embeds, positions, prefix_cache, key)
     else:
-        logits, cache = _prefill(llm, inputs_embeds, prefix_cache, key)
+        logits, cache = _prefill(llm, inputs_embeds, positions, prefix_cache, key)
+    # the generic loop's next rotary position (the last prompt position's + 1)
+    position = length if positions is None else int(positions[0, -1]) + 1
     generated = input_ids.to(model.device)
     for step in range(max_new_tokens):
         logits = logits.float()
@@ -93,11 +96,14 @@ def decode_tokens(
         if stepper is not None:
             logits = stepper.step(token)
             continue
-        position = torch.tensor([[length]], device=model.device)
-        length += 1
         out = llm(
-            input_ids=token, past_key_values=cache, use_cache=True, position_ids=position, logits_to_keep=1
+            input_ids=token,
+            past_key_values=cache,
+            use_cache=True,
+            position_ids=torch.tensor([[position]], device=model.device),
+            logits_to_keep=1,
         )
+        position += 1
         logits = out.logits[:, -1, :]
 
 
@@ -148,11 +154,15 @@ def decode_rows(
     inputs_embeds = torch.cat(
         [model.embed(ids, pixel_values)[0, skip:] for (ids, pixel_values), skip in zip(prompts, reused)]
     )
+    rotary = [model.position_ids(ids) for ids, _ in prompts]  # None each with sequential image positions
+    positions = None
+    if all(r is not None for r in rotary):
+        positions = torch.cat([r[0, skip:] for r, skip in zip(rotary, reused) if r is not None])
     eos_ids = eos_token_ids(model)
     warpers = _warpers(temperature, top_p)
     replies: list[list[int]] = [[] for _ in prompts]
     active = list(range(len(prompts)))
-    logits = rows.prefill_rows(inputs_embeds, [n - skip for n, skip in zip(lengths, reused)])
+    logits = rows.prefill_rows(inputs_embeds, [n - skip for n, skip in zip(lengths, reused)], positions)
     while active:
         logits = logits.float()
         if temperature > 0:
@@ -173,24 +183,34 @@ def decode_rows(
 
 
 def _lean_prefill(
-    stepper: LlamaStepper, inputs_embeds: torch.Tensor, prefix_cache: PrefixCache | None, key: Key | None
+    stepper: LlamaStepper,
+    inputs_embeds: torch.Tensor,
+    positions: torch.Tensor | None,
+    prefix_cache: PrefixCache | None,
+    key: Key | None,
 ) -> torch.Tensor:
-    """The prompt into the stepper's static cache (after the longest cached prefix); last position's logits."""
+    """The prompt (at rotary `positions` [1, T], None for the plain count) into the stepper's static cache
+    (after the longest cached prefix); last position's logits."""
     if prefix_cache is not None and key is not None:
         layers, _length = prefix_cache.lookup_layers(key)
         if layers is not None:
             stepper.take_prefix(layers)
-    logits = stepper.prefill(inputs_embeds[:, stepper.length :])
+    start = stepper.length
+    logits = stepper.prefill(inputs_embeds[:, start:], None if positions is None else positions[0, start:])
     if prefix_cache is not None and key is not None:
         prefix_cache.store(key, stepper.prefix())
     return logits
 
 
 def _prefill(
-    llm: torch.nn.Module, inputs_embeds: torch.Tensor, prefix_cache: PrefixCache | None, key: Key | None
+    llm: torch.nn.Module,
+    inputs_embeds: torch.Tensor,
+    positions: torch.Tensor | None,
+    prefix_cache: PrefixCache | None,
+    key: Key | None,
 ) -> tuple[torch.Tensor, DynamicCache]:
-    """The prompt through the LLM's own forward on a DynamicCache (after the longest cached prefix): the last
-    position's logits and the cache."""
+    """The prompt (at rotary `positions` [1, T], None for the plain count) through the LLM's own forward on a
+    DynamicCache (after the longest cached prefix): the last position's logits and the cache."""
     cache, reused = None, 0
     if prefix_cache is not None and key is not None:
         cache, reused = prefix_cache.lookup(key, llm.config)
@@ -200,7 +220,11 @@ def _prefill(
         inputs_embeds=inputs_embeds[:, reused:],
         past_key_values=cache,
         use_cache=True,
-        position_ids=torch.arange(reused, inputs_embeds.shape[1], device=inputs_embeds.device)[None],
+        position_ids=(
+            torch.arange(reused, inputs_embeds.shape[1], device=inputs_embeds.device)[None]
+            if positions is None
+            else positions[:, reused:]
+        ),
         logits_to_keep=1,
     )
     if prefix_cache is not None and key is not None:

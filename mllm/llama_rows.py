@@ -46,14 +46,17 @@ class LlamaRows(LlamaStepper):
         for row in rows:
             self.lengths[row] = length
 
-    def prefill_rows(self, inputs_embeds: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
+    def prefill_rows(
+        self, inputs_embeds: torch.Tensor, counts: Sequence[int], positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Logits [rows, vocab] after each row's prompt; `inputs_embeds` [sum(counts), D] holds the rows' new
-        prompt positions one row after another, row i's `counts[i]` going in after the prefix already in it."""
+        prompt positions one row after another, row i's `counts[i]` going in after the prefix already in it, at
+        rotary `positions` [sum(counts)] when given (else at their cache slots)."""
         if len(counts) != len(self.lengths) or sum(counts) != inputs_embeds.shape[0]:
             raise ValueError(
                 f"{len(counts)} prompt lengths for {len(self.lengths)} rows and {inputs_embeds.shape[0]} positions"
             )
-        logits = self._prefill(inputs_embeds, self.lengths, counts)
+        logits = self._prefill(inputs_embeds, self.lengths, counts, positions)
         self.lengths = [first + count for first, count in zip(self.lengths, counts)]
         return logits
 
@@ -69,7 +72,12 @@ class LlamaRows(LlamaStepper):
         device = self.keys.device
         index = torch.tensor(positions, device=device)
         row_index = torch.tensor(list(rows), device=device)
-        cos, sin = self.cos[index][:, None], self.signed_sin[index][:, None]  # [count, 1, head_dim]
+        rotary = (
+            torch.tensor([p - self.shifts[row] for p, row in zip(positions, rows)], device=device)
+            if any(self.shifts)
+            else index
+        )
+        cos, sin = self.cos[rotary][:, None], self.signed_sin[rotary][:, None]  # [count, 1, head_dim]
         hidden = F.embedding(tokens, self.embedding)  # [count, D]
         for layer in self.layers:
             q, k, v = layer.qkv(norm(hidden, *layer.input_norm))

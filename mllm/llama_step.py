@@ -149,6 +149,9 @@ class LlamaStepper:
         self.head = direct_linear(llm.lm_head)
         self.norm = rms_norm_fp32 if dtype == torch.float32 else rms_norm
         self.length = 0
+        # per cache row, its next cache slot minus its next rotary position: 0 unless the prompt's positions were
+        # given (an image sharing one position, mllm.positions), after which decoding goes on from the last one
+        self.shifts = [0] * rows
 
     def take_prefix(self, layers: Sequence[Layer]) -> None:
         """Copy a prompt prefix's keys and values (per layer [1, kv_heads, T, head_dim]) into the static cache:
@@ -195,18 +198,24 @@ class LlamaStepper:
             replace(layer, keys=self.keys[i], values=self.values[i]) for i, layer in enumerate(self.layers)
         ]
 
-    def prefill(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
-        """Logits [1, vocab] after the prompt embeddings [1, T, D], which go in at the next T positions."""
+    def prefill(self, inputs_embeds: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [1, vocab] after the prompt embeddings [1, T, D], which go in at the next T cache slots, at
+        rotary `positions` [T] (by default the slots' own)."""
         count = inputs_embeds.shape[1]
-        logits = self._prefill(inputs_embeds[0], [self.length], [count])
+        logits = self._prefill(inputs_embeds[0], [self.length], [count], positions)
         self.length += count
         return logits
 
     def _prefill(
-        self, inputs_embeds: torch.Tensor, firsts: Sequence[int], counts: Sequence[int]
+        self,
+        inputs_embeds: torch.Tensor,
+        firsts: Sequence[int],
+        counts: Sequence[int],
+        rotary: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits [rows, vocab] after each row's new prompt positions: `inputs_embeds` [sum(counts), D] holds them
-        one row after another, row i's `counts[i]` going in at positions `firsts[i]` onwards of cache row i. The
+        one row after another, row i's `counts[i]` going in at positions `firsts[i]` onwards of cache row i (at
+        rotary positions `rotary` [sum(counts)] when given, else at the slots' own). The
         linear layers run on all rows' positions stacked; attention runs one SDPA call per row, on the row's own
         cache with the shapes it has alone (not one call for equal-shaped neighbours: with more than one thread,
         torch's CPU flash kernel can round a batch entry differently from the same entry alone, seen on an AMD
@@ -219,7 +228,13 @@ class LlamaStepper:
         total = inputs_embeds.shape[0]
         device = inputs_embeds.device
         starts = [sum(counts[:i]) for i in range(len(counts))]
-        positions = torch.cat([torch.arange(first, end, device=device) for first, end in zip(firsts, ends)])
+        if rotary is None:
+            positions = torch.cat([torch.arange(first, end, device=device) for first, end in zip(firsts, ends)])
+            self.shifts = [0] * len(self.shifts)
+        else:
+            positions = rotary.to(device)
+            lasts = positions[[start + count - 1 for start, count in zip(starts, counts)]].tolist()
+            self.shifts = [end - last - 1 for end, last in zip(ends, lasts)]
         cos, sin = self.cos[positions][:, None], self.signed_sin[positions][:, None]  # [total, 1, head_dim]
         # position first + i sees the cached prefix, the new positions before it and itself; from an empty cache
         # that is SDPA's is_causal, as transformers passes it (its kernel then differs in the last bits)
@@ -262,7 +277,8 @@ class LlamaStepper:
             raise ValueError(f"the static cache holds {self.max_length} tokens")
         if position >= self.capacity:
             self._grow(position + 1)
-        cos, sin, half = self.cos[position], self.signed_sin[position], self.half
+        rotary = position - self.shifts[0]
+        cos, sin, half = self.cos[rotary], self.signed_sin[rotary], self.half
         heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
         gqa = heads != kv_heads
         end = position + 1

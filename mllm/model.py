@@ -13,9 +13,10 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from mllm.config import ModelConfig
+from mllm.config import IMAGE_POSITIONS, ModelConfig
 from mllm.errors import MllmError
 from mllm.llm import apply_lora, context_length, load_llm, load_tokenizer
+from mllm.positions import image_position_ids
 from mllm.processor import MultimodalProcessor
 from mllm.projectors import Projector, build_projector
 from mllm.vision import VisionTower
@@ -58,6 +59,10 @@ class MultimodalModel(nn.Module):
         tokenizer: PreTrainedTokenizerBase,
     ) -> None:
         super().__init__()
+        if config.image_positions not in IMAGE_POSITIONS:
+            raise MllmError(
+                f"image_positions {config.image_positions!r}: expected one of {', '.join(IMAGE_POSITIONS)}"
+            )
         self.config = config
         self.vision = vision
         self.projector = projector
@@ -120,6 +125,17 @@ class MultimodalModel(nn.Module):
             )
         return inputs_embeds.masked_scatter(mask.unsqueeze(-1), features.to(inputs_embeds.dtype))
 
+    def position_ids(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """The LLM's rotary positions for `input_ids` [B, T]: None with `sequential` image positions (the LLM
+        counts them itself), else one position per image (mllm.positions)."""
+        if self.config.image_positions == "sequential":
+            return None
+        return image_position_ids(
+            input_ids.to(self.device), self.image_token_id, self.num_image_tokens, attention_mask
+        )
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -137,6 +153,11 @@ class MultimodalModel(nn.Module):
         inputs_embeds = self.embed(input_ids, pixel_values)
         if attention_mask is not None:
             attention_mask = attention_mask.to(self.device)
+        positions = self.position_ids(input_ids, attention_mask)
+        if positions is not None:
+            kwargs.setdefault("position_ids", positions)
+            if attention_mask is None:  # without a mask, transformers reads jumps in positions as packed sequences
+                attention_mask = torch.ones(input_ids.shape, dtype=torch.long, device=self.device)
         if logits_at is not None:
             if labels is not None:
                 raise ValueError("pass either labels or logits_at, not both")
@@ -163,6 +184,9 @@ class MultimodalModel(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones(input_ids.shape, dtype=torch.long)
         generate_kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+        positions = self.position_ids(input_ids, attention_mask)
+        if positions is not None:  # generate goes on from the last one
+            generate_kwargs.setdefault("position_ids", positions)
         return self.llm.generate(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask.to(self.device), **generate_kwargs
         )

@@ -44,7 +44,9 @@ def layer_attention(assistant: Assistant, question: str, image: Path, row: int, 
     its horizontal and of its vertical neighbours, and all the image's patches."""
     model = assistant.model
     ids, pixels = assistant.prepare([{"role": "user", "content": question}], [Image.open(image)])
-    out = model.llm(inputs_embeds=model.embed(ids, pixels), output_attentions=True)
+    out = model.llm(
+        inputs_embeds=model.embed(ids, pixels), position_ids=model.position_ids(ids), output_attentions=True
+    )
     placeholders = (ids[0] == model.image_token_id).nonzero().flatten()
     patches = model.vision.num_patches
     grid = math.isqrt(patches)

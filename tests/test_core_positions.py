@@ -1,0 +1,126 @@
+"""`image_positions: shared` (mllm.positions): every token of an image takes one rotary position, and every
+path that runs the LLM uses the same positions: the training forward, transformers' generate, the lean decode
+loop, the generic loop, batched rows and the prefix cache give the same greedy tokens; hf-llava export and
+an unknown setting are refused."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from serve_support import TINY_CONFIG, lively_assistant
+
+from mllm.assistant import Assistant
+from mllm.config import load_model_config
+from mllm.decoding import decode_rows, decode_tokens, header_layers
+from mllm.errors import MllmError
+from mllm.llm import apply_lora
+from mllm.positions import image_position_ids
+from mllm.prefix_cache import PrefixCache
+
+STEPS = 24
+
+
+def test_one_position_per_image() -> None:
+    ids = torch.tensor([[5, 9, 9, 9, 6, 9, 9, 9, 9, 9, 9, 7]])  # two images side by side: blocks of 3
+    assert image_position_ids(ids, 9, 3).tolist() == [[0, 1, 1, 1, 2, 3, 3, 3, 4, 4, 4, 5]]
+    padded = torch.tensor([[0, 0, 5, 9, 9, 9, 7], [5, 6, 5, 9, 9, 9, 7]])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]])
+    assert image_position_ids(padded, 9, 3, mask).tolist() == [[1, 1, 0, 1, 1, 1, 2], [0, 1, 2, 3, 3, 3, 4]]
+
+
+@pytest.fixture(scope="module")
+def shared_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("positions") / "shared.yaml"
+    path.write_text(TINY_CONFIG.read_text() + "image_positions: shared\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def assistant(shared_config: Path) -> Assistant:
+    return lively_assistant(config=shared_config, endless=True)
+
+
+def _images() -> list[Image.Image]:
+    return [Image.new("RGB", (40, 40), (200, 30, 30)), Image.new("RGB", (32, 48), (20, 60, 220))]
+
+
+def _prompt(assistant: Assistant, text: str, images: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    content = "<image>\n" * images + text
+    return assistant.prepare([{"role": "user", "content": content}], _images()[:images] or None)
+
+
+def test_forward_puts_each_image_at_one_position(assistant: Assistant) -> None:
+    model = assistant.model
+    ids, pixels = _prompt(assistant, "What is in the two pictures?", 2)
+    positions = model.position_ids(ids)
+    assert positions is not None
+    n = model.num_image_tokens
+    assert int(positions[0, -1]) == ids.shape[1] - 1 - 2 * (n - 1)
+    with torch.no_grad():
+        logits = model(ids, pixel_values=pixels).logits[0, -1]
+        embeds = model.embed(ids, pixels)
+        torch.testing.assert_close(
+            logits, model.llm(inputs_embeds=embeds, position_ids=positions).logits[0, -1], rtol=0, atol=0
+        )
+        model.config.image_positions = "sequential"
+        try:
+            assert model.position_ids(ids) is None
+            sequential = model(ids, pixel_values=pixels).logits[0, -1]
+        finally:
+            model.config.image_positions = "shared"
+    assert (logits - sequential).abs().max() > 1e-3  # the positions reach the LLM
+
+
+def _generate(assistant: Assistant, ids: torch.Tensor, pixels: torch.Tensor | None) -> list[int]:
+    out = assistant.model.generate(ids, pixel_values=pixels, max_new_tokens=STEPS, do_sample=False)
+    return out[0].tolist()
+
+
+@pytest.mark.parametrize("images", [0, 1, 2])
+def test_lean_and_generic_loops_equal_generate(assistant: Assistant, images: int) -> None:
+    model = assistant.model
+    ids, pixels = _prompt(assistant, "Describe it.", images)
+    expected = _generate(assistant, ids, pixels)
+    assert len(expected) == STEPS and len(set(expected)) > 1
+    assert list(decode_tokens(model, ids, pixels, STEPS)) == expected  # the lean stepper
+    wrapped = model.llm
+    # LoRA B starts at zero: the same function, without a lean loop (peft wraps a copy: it edits what it wraps)
+    model.llm = apply_lora(copy.deepcopy(wrapped), model.config.lora)
+    try:
+        assert list(decode_tokens(model, ids, pixels, STEPS)) == expected
+    finally:
+        model.llm = wrapped
+
+
+def test_rows_and_prefix_cache_equal_one_prompt_alone(assistant: Assistant) -> None:
+    model = assistant.model
+    prompts = [
+        _prompt(assistant, "Describe it.", 1),
+        _prompt(assistant, "Hello there, how are you?", 0),
+        _prompt(assistant, "Compare them.", 2),
+        _prompt(assistant, "Describe it again.", 1),
+    ]
+    alone = [list(decode_tokens(model, ids, pixels, STEPS)) for ids, pixels in prompts]
+    header = list(prompts[1][0][0, :6].tolist())
+    replies = decode_rows(model, prompts, [STEPS] * len(prompts), header=(header, header_layers(model, header)))
+    assert replies == alone
+    cache = PrefixCache(min_reuse=4)
+    ids, pixels = prompts[2]
+    assert list(decode_tokens(model, ids, pixels, STEPS, prefix_cache=cache)) == alone[2]
+    assert list(decode_tokens(model, ids, pixels, STEPS, prefix_cache=cache)) == alone[2]
+    assert cache.hits == 1
+
+
+def test_export_and_unknown_setting_are_refused(assistant: Assistant, tmp_path: Path) -> None:
+    from serve.export import build_llava
+
+    with pytest.raises(MllmError, match="image_positions 'shared'.*sequential"):
+        build_llava(assistant.model)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("image_positions: rows\n")
+    with pytest.raises(MllmError, match="bad.yaml: field image_positions: 'rows' is not one of sequential, shared"):
+        load_model_config(bad)
