@@ -229,7 +229,9 @@ class LlamaStepper:
         device = inputs_embeds.device
         starts = [sum(counts[:i]) for i in range(len(counts))]
         if rotary is None:
-            positions = torch.cat([torch.arange(first, end, device=device) for first, end in zip(firsts, ends)])
+            positions = torch.cat(
+                [torch.arange(first, end, device=device) for first, end in zip(firsts, ends)]
+            )
             self.shifts = [0] * len(self.shifts)
         else:
             positions = rotary.to(device)

@@ -156,7 +156,8 @@ class MultimodalModel(nn.Module):
         positions = self.position_ids(input_ids, attention_mask)
         if positions is not None:
             kwargs.setdefault("position_ids", positions)
-            if attention_mask is None:  # without a mask, transformers reads jumps in positions as packed sequences
+            # without a mask, transformers would read the jumps in positions as packed sequences
+            if attention_mask is None:
                 attention_mask = torch.ones(input_ids.shape, dtype=torch.long, device=self.device)
         if logits_at is not None:
             if labels is not None:

@@ -106,7 +106,9 @@ def test_rows_and_prefix_cache_equal_one_prompt_alone(assistant: Assistant) -> N
     ]
     alone = [list(decode_tokens(model, ids, pixels, STEPS)) for ids, pixels in prompts]
     header = list(prompts[1][0][0, :6].tolist())
-    replies = decode_rows(model, prompts, [STEPS] * len(prompts), header=(header, header_layers(model, header)))
+    replies = decode_rows(
+        model, prompts, [STEPS] * len(prompts), header=(header, header_layers(model, header))
+    )
     assert replies == alone
     cache = PrefixCache(min_reuse=4)
     ids, pixels = prompts[2]
@@ -122,5 +124,7 @@ def test_export_and_unknown_setting_are_refused(assistant: Assistant, tmp_path: 
         build_llava(assistant.model)
     bad = tmp_path / "bad.yaml"
     bad.write_text("image_positions: rows\n")
-    with pytest.raises(MllmError, match="bad.yaml: field image_positions: 'rows' is not one of sequential, shared"):
+    with pytest.raises(
+        MllmError, match="bad.yaml: field image_positions: 'rows' is not one of sequential, shared"
+    ):
         load_model_config(bad)
