@@ -20,7 +20,6 @@ from mllm.errors import MllmError
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 FEATURE_SELECT = ("default", "full")  # VisionConfig.feature_select: drop or keep the class token
-IMAGE_POSITIONS = ("sequential", "shared")  # ModelConfig.image_positions (see mllm.positions)
 
 
 @dataclass
@@ -96,8 +95,9 @@ class ModelConfig:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     system_prompt: str | None = None
     max_images: int = 4  # images one conversation may carry
-    # rotary positions of image tokens: "sequential" (one per token, as LLaVA) or "shared" (one per image)
-    image_positions: str = "sequential"
+    # rotary positions from one token of an image to the next (mllm.positions): 1 as LLaVA, 0 for one position
+    # per image, k > 1 to set them k apart
+    image_position_step: int = 1
 
 
 T = TypeVar("T")
@@ -183,10 +183,8 @@ def load_model_config(path: str | Path) -> ModelConfig:
             f"{path}: vision: field feature_select: {config.vision.feature_select!r} is not one of "
             f"{', '.join(FEATURE_SELECT)}"
         )
-    if config.image_positions not in IMAGE_POSITIONS:
-        raise MllmError(
-            f"{path}: field image_positions: {config.image_positions!r} is not one of {', '.join(IMAGE_POSITIONS)}"
-        )
+    if config.image_position_step < 0:
+        raise MllmError(f"{path}: field image_position_step: {config.image_position_step} is negative")
     return resolve_paths(config, path.parent)
 
 

@@ -72,11 +72,11 @@ class LlamaRows(LlamaStepper):
         device = self.keys.device
         index = torch.tensor(positions, device=device)
         row_index = torch.tensor(list(rows), device=device)
-        rotary = (
-            torch.tensor([p - self.shifts[row] for p, row in zip(positions, rows)], device=device)
-            if any(self.shifts)
-            else index
-        )
+        rotary = index
+        if any(self.shifts):
+            rotary_positions = [p - self.shifts[row] for p, row in zip(positions, rows)]
+            self._cover(max(rotary_positions))
+            rotary = torch.tensor(rotary_positions, device=device)
         cos, sin = self.cos[rotary][:, None], self.signed_sin[rotary][:, None]  # [count, 1, head_dim]
         hidden = F.embedding(tokens, self.embedding)  # [count, D]
         for layer in self.layers:

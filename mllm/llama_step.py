@@ -128,14 +128,10 @@ class LlamaStepper:
         self.max_length = max_length
         embedding = llm.get_input_embeddings().weight
         device, dtype = embedding.device, embedding.dtype
-        probe = torch.zeros(1, 1, self.head_dim, device=device, dtype=dtype)
-        positions = torch.arange(max_length, device=device)[None]
-        cos, sin = llm.model.rotary_emb(probe, positions)  # [1, max_length, head_dim], as the model computes
-        half = self.head_dim // 2
-        # rotate_half(x) * sin == x.roll(half, -1) * signed_sin exactly: the halves swapped (roll is several times
-        # faster than gathering them), the sign on the table
-        self.half = half
-        self.cos, self.signed_sin = cos[0], torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1)
+        self.embedding = embedding
+        self.half = self.head_dim // 2
+        self.rotary_emb = llm.model.rotary_emb
+        self._rotary_tables(max_length)
         self.capacity = min(max_length, capacity or max_length)
         shape = (len(layers), rows, self.kv_heads, self.capacity, self.head_dim)
         self.keys = torch.empty(shape, device=device, dtype=dtype)  # only positions < length are ever read
@@ -144,14 +140,28 @@ class LlamaStepper:
             _Layer.bind(layer, config.hidden_act, self.keys[i], self.values[i])
             for i, layer in enumerate(layers)
         ]
-        self.embedding = embedding
         self.final_norm = (llm.model.norm.weight, llm.model.norm.variance_epsilon)
         self.head = direct_linear(llm.lm_head)
         self.norm = rms_norm_fp32 if dtype == torch.float32 else rms_norm
         self.length = 0
         # per cache row, its next cache slot minus its next rotary position: 0 unless the prompt's positions were
-        # given (an image sharing one position, mllm.positions), after which decoding goes on from the last one
+        # given (image tokens not one position apart, mllm.positions), after which decoding goes on from the last
         self.shifts = [0] * rows
+
+    def _rotary_tables(self, length: int) -> None:
+        """cos and signed sin [length, head_dim] of rotary positions 0..length-1, as the model computes them.
+        rotate_half(x) * sin == x.roll(half, -1) * signed_sin exactly: the halves swapped (roll is several times
+        faster than gathering them), the sign on the table."""
+        device = self.embedding.device
+        probe = torch.zeros(1, 1, self.head_dim, device=device, dtype=self.embedding.dtype)
+        cos, sin = self.rotary_emb(probe, torch.arange(length, device=device)[None])
+        half = self.half
+        self.cos, self.signed_sin = cos[0], torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1)
+
+    def _cover(self, position: int) -> None:
+        """Extend the rotary tables to hold `position` (images set apart, mllm.positions, go past the slots)."""
+        if position >= self.cos.shape[0]:
+            self._rotary_tables(max(position + 1, 2 * self.cos.shape[0]))
 
     def take_prefix(self, layers: Sequence[Layer]) -> None:
         """Copy a prompt prefix's keys and values (per layer [1, kv_heads, T, head_dim]) into the static cache:
@@ -237,6 +247,7 @@ class LlamaStepper:
             positions = rotary.to(device)
             lasts = positions[[start + count - 1 for start, count in zip(starts, counts)]].tolist()
             self.shifts = [end - last - 1 for end, last in zip(ends, lasts)]
+            self._cover(int(positions.max()))
         cos, sin = self.cos[positions][:, None], self.signed_sin[positions][:, None]  # [total, 1, head_dim]
         # position first + i sees the cached prefix, the new positions before it and itself; from an empty cache
         # that is SDPA's is_causal, as transformers passes it (its kernel then differs in the last bits)
@@ -280,6 +291,7 @@ class LlamaStepper:
         if position >= self.capacity:
             self._grow(position + 1)
         rotary = position - self.shifts[0]
+        self._cover(rotary)
         cos, sin, half = self.cos[rotary], self.signed_sin[rotary], self.half
         heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
         gqa = heads != kv_heads

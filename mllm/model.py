@@ -13,7 +13,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from mllm.config import IMAGE_POSITIONS, ModelConfig
+from mllm.config import ModelConfig
 from mllm.errors import MllmError
 from mllm.llm import apply_lora, context_length, load_llm, load_tokenizer
 from mllm.positions import image_position_ids
@@ -59,10 +59,8 @@ class MultimodalModel(nn.Module):
         tokenizer: PreTrainedTokenizerBase,
     ) -> None:
         super().__init__()
-        if config.image_positions not in IMAGE_POSITIONS:
-            raise MllmError(
-                f"image_positions {config.image_positions!r}: expected one of {', '.join(IMAGE_POSITIONS)}"
-            )
+        if config.image_position_step < 0:
+            raise MllmError(f"image_position_step {config.image_position_step}: expected 0 or more")
         self.config = config
         self.vision = vision
         self.projector = projector
@@ -128,12 +126,13 @@ class MultimodalModel(nn.Module):
     def position_ids(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor | None:
-        """The LLM's rotary positions for `input_ids` [B, T]: None with `sequential` image positions (the LLM
-        counts them itself), else one position per image (mllm.positions)."""
-        if self.config.image_positions == "sequential":
+        """The LLM's rotary positions for `input_ids` [B, T]: None with an image position step of 1 (the LLM
+        counts them itself), else mllm.positions'."""
+        step = self.config.image_position_step
+        if step == 1:
             return None
         return image_position_ids(
-            input_ids.to(self.device), self.image_token_id, self.num_image_tokens, attention_mask
+            input_ids.to(self.device), self.image_token_id, self.num_image_tokens, step, attention_mask
         )
 
     def forward(

@@ -8,7 +8,7 @@ transformers alone and give mllm's logits. How the parts map:
 - projector: `mlp2x_gelu` is LLaVA's projector (fc1 -> linear_1, GELU, fc2 -> linear_2); `linear` becomes
   linear_1 = the projection, act = identity ("linear"), linear_2 = an identity matrix with zero bias (exact);
   `qformer` has no LLaVA equivalent and is refused;
-- positions: LLaVA gives every image token a position of its own, so `image_positions: shared` is refused;
+- positions: LLaVA gives image tokens consecutive positions, so an `image_position_step` other than 1 is refused;
 - image token: mllm's `<image>` id is len(tokenizer) - 1, which may be past the LLM's vocabulary (mllm
   never looks it up). The export resizes the embeddings (and head) to hold it; the new row is zero and the
   generation config suppresses the token, so it is never generated. Logits gain that one extra column.
@@ -89,10 +89,10 @@ def build_llava(model: MultimodalModel) -> tuple[LlavaForConditionalGeneration, 
             f"projector {ptype!r} has no transformers LLaVA equivalent; hf-llava export supports "
             "linear and mlp2x_gelu (use --format merged)"
         )
-    if model.config.image_positions != "sequential":
+    if model.config.image_position_step != 1:
         raise MllmError(
-            f"image_positions {model.config.image_positions!r}: transformers' LLaVA counts image tokens one "
-            "position each; hf-llava export needs image_positions: sequential (use --format merged)"
+            f"image_position_step {model.config.image_position_step}: transformers' LLaVA counts image tokens "
+            "one position each; hf-llava export needs image_position_step: 1 (use --format merged)"
         )
     if isinstance(model.llm, PeftModel):
         raise ValueError("merge the LoRA adapters first (mllm.assistant.merge_for_inference)")

@@ -1,7 +1,7 @@
-"""`image_positions: shared` (mllm.positions): every token of an image takes one rotary position, and every
-path that runs the LLM uses the same positions: the training forward, transformers' generate, the lean decode
-loop, the generic loop, batched rows and the prefix cache give the same greedy tokens; hf-llava export and
-an unknown setting are refused."""
+"""`image_position_step` (mllm.positions): 0 puts every token of an image at one rotary position, 8 sets them 8
+apart (past the lean loop's cache slots); every path that runs the LLM uses the same positions: the training
+forward, transformers' generate, the lean decode loop, the generic loop, batched rows and the prefix cache give
+the same greedy tokens. hf-llava export and a negative step are refused."""
 
 from __future__ import annotations
 
@@ -24,24 +24,24 @@ from mllm.prefix_cache import PrefixCache
 STEPS = 24
 
 
-def test_one_position_per_image() -> None:
+def test_positions_of_image_blocks() -> None:
     ids = torch.tensor([[5, 9, 9, 9, 6, 9, 9, 9, 9, 9, 9, 7]])  # two images side by side: blocks of 3
-    assert image_position_ids(ids, 9, 3).tolist() == [[0, 1, 1, 1, 2, 3, 3, 3, 4, 4, 4, 5]]
+    assert image_position_ids(ids, 9, 3, 1).tolist() == [list(range(12))]
+    assert image_position_ids(ids, 9, 3, 0).tolist() == [[0, 1, 1, 1, 2, 3, 3, 3, 4, 4, 4, 5]]
+    assert image_position_ids(ids, 9, 3, 4).tolist() == [[0, 1, 5, 9, 10, 11, 15, 19, 20, 24, 28, 29]]
     padded = torch.tensor([[0, 0, 5, 9, 9, 9, 7], [5, 6, 5, 9, 9, 9, 7]])
     mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]])
-    assert image_position_ids(padded, 9, 3, mask).tolist() == [[1, 1, 0, 1, 1, 1, 2], [0, 1, 2, 3, 3, 3, 4]]
+    assert image_position_ids(padded, 9, 3, 0, mask).tolist() == [
+        [1, 1, 0, 1, 1, 1, 2],
+        [0, 1, 2, 3, 3, 3, 4],
+    ]
 
 
-@pytest.fixture(scope="module")
-def shared_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("positions") / "shared.yaml"
-    path.write_text(TINY_CONFIG.read_text() + "image_positions: shared\n")
-    return path
-
-
-@pytest.fixture(scope="module")
-def assistant(shared_config: Path) -> Assistant:
-    return lively_assistant(config=shared_config, endless=True)
+@pytest.fixture(scope="module", params=[0, 8])
+def assistant(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Assistant:
+    path = tmp_path_factory.mktemp("positions") / "model.yaml"
+    path.write_text(TINY_CONFIG.read_text() + f"image_position_step: {request.param}\n")
+    return lively_assistant(config=path, endless=True)
 
 
 def _images() -> list[Image.Image]:
@@ -53,25 +53,26 @@ def _prompt(assistant: Assistant, text: str, images: int) -> tuple[torch.Tensor,
     return assistant.prepare([{"role": "user", "content": content}], _images()[:images] or None)
 
 
-def test_forward_puts_each_image_at_one_position(assistant: Assistant) -> None:
+def test_forward_uses_the_image_positions(assistant: Assistant) -> None:
     model = assistant.model
+    step = model.config.image_position_step
     ids, pixels = _prompt(assistant, "What is in the two pictures?", 2)
     positions = model.position_ids(ids)
     assert positions is not None
     n = model.num_image_tokens
-    assert int(positions[0, -1]) == ids.shape[1] - 1 - 2 * (n - 1)
+    assert int(positions[0, -1]) == ids.shape[1] - 1 + 2 * (n - 1) * (step - 1)
     with torch.no_grad():
         logits = model(ids, pixel_values=pixels).logits[0, -1]
         embeds = model.embed(ids, pixels)
         torch.testing.assert_close(
             logits, model.llm(inputs_embeds=embeds, position_ids=positions).logits[0, -1], rtol=0, atol=0
         )
-        model.config.image_positions = "sequential"
+        model.config.image_position_step = 1
         try:
             assert model.position_ids(ids) is None
             sequential = model(ids, pixel_values=pixels).logits[0, -1]
         finally:
-            model.config.image_positions = "shared"
+            model.config.image_position_step = step
     assert (logits - sequential).abs().max() > 1e-3  # the positions reach the LLM
 
 
@@ -120,11 +121,9 @@ def test_rows_and_prefix_cache_equal_one_prompt_alone(assistant: Assistant) -> N
 def test_export_and_unknown_setting_are_refused(assistant: Assistant, tmp_path: Path) -> None:
     from serve.export import build_llava
 
-    with pytest.raises(MllmError, match="image_positions 'shared'.*sequential"):
+    with pytest.raises(MllmError, match="image_position_step [08]: .*image_position_step: 1"):
         build_llava(assistant.model)
     bad = tmp_path / "bad.yaml"
-    bad.write_text("image_positions: rows\n")
-    with pytest.raises(
-        MllmError, match="bad.yaml: field image_positions: 'rows' is not one of sequential, shared"
-    ):
+    bad.write_text("image_position_step: -1\n")
+    with pytest.raises(MllmError, match="bad.yaml: field image_position_step: -1 is negative"):
         load_model_config(bad)
