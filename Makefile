@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo lint bench stress stress-quick release-model release-ablation chromium clean
+.PHONY: setup test test-fast test-gpu demo lint bench stress stress-quick release-model release-ablation chromium clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,11 +24,16 @@ chromium:
 	  (apt-get update -q && apt-get install -y -q chromium) >/dev/null 2>&1 || \
 	  (sudo apt-get update -q && sudo apt-get install -y -q chromium) >/dev/null; }
 
+# The suite runs on the CPU (as CI does), also on a machine with GPUs: CUDA_VISIBLE_DEVICES hides them.
 test: $(STAMP) chromium
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	CUDA_VISIBLE_DEVICES= HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
+	CUDA_VISIBLE_DEVICES= HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
+
+# On a machine with a CUDA GPU: inference, QLoRA and the training stages on the GPU (tests/test_gpu.py).
+test-gpu: $(STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -m gpu $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/mllm serve --model default --host 127.0.0.1 --port 7860

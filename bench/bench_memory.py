@@ -58,6 +58,8 @@ def run(spec: str, questions: int = 4) -> list[dict[str, Any]]:
             "127.0.0.1",
             "--port",
             str(port),
+            "--device",
+            "cpu",  # resident memory of the CPU server the targets are about
         ],
         env=env,
         stdout=subprocess.DEVNULL,

@@ -30,7 +30,7 @@ def run(spec: str, count: int = 256, batch_sizes: tuple[int, ...] = (1, 4, 16)) 
     import mllm
     from mllm.batch import answer_batch
 
-    assistant = mllm.load(spec, batches=True)  # as `mllm vqa` loads it
+    assistant = mllm.load(spec, batches=True, device="cpu")  # as `mllm vqa` loads it on a CPU
     items = shapes_questions(count)
     answer_batch(assistant, items[:4], max_new_tokens=16, batch_size=4)  # warm-up
     results: dict[int, tuple[float, list[str]]] = {}

@@ -22,12 +22,16 @@ def load(
     load_in_8bit: bool = False,
     fast: bool = True,
     precision: str = "auto",
+    batches: bool = False,
+    device: str = "auto",
     **llm_overrides: Any,
 ) -> Assistant:
     """Load an Assistant from `default`, a checkpoint folder or a model config YAML (imports torch lazily).
     `fast` (default) merges LoRA and decodes with mllm's token loop at `precision` (auto: bf16 matmuls on CPUs
-    with AMX, else fp16 weights on CPUs with the kernels for it, else fp32); False uses transformers' generate
-    in fp32."""
+    with AMX, else fp16 weights on CPUs with the kernels for it, else fp32; on a GPU bf16 where it has it, else
+    fp16); False uses transformers' generate in fp32. `batches`: the assistant will mostly answer many prompts
+    at once (mllm.batch). `device`: `auto` (a CUDA GPU when there is one, else the CPU), `cpu`, `cuda`,
+    `cuda:N`."""
     from mllm.assistant import load as _load
 
     return _load(
@@ -36,6 +40,8 @@ def load(
         load_in_8bit=load_in_8bit,
         fast=fast,
         precision=precision,
+        batches=batches,
+        device=device,
         **llm_overrides,
     )
 

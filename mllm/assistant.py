@@ -20,6 +20,7 @@ from transformers import PreTrainedTokenizerBase
 from mllm.checkpoint import META_FILE, load_checkpoint
 from mllm.config import load_model_config
 from mllm.decoding import decode_text
+from mllm.devices import resolve_device
 from mllm.errors import MllmError
 from mllm.generation import GenerationStats, TokenCounter, cut_at_stop, sampling_kwargs, stream_generate
 from mllm.images import DEFAULT_MAX_PIXELS, ImageInput
@@ -53,15 +54,15 @@ def resolve_model(spec: str | Path) -> Path:
     )
 
 
-def load_model(spec: str | Path, **llm_overrides: Any) -> MultimodalModel:
-    """Build the MultimodalModel named by `spec` (see resolve_model)."""
+def load_model(spec: str | Path, device: torch.device | None = None, **llm_overrides: Any) -> MultimodalModel:
+    """Build the MultimodalModel named by `spec` (see resolve_model), on `device` when given."""
     path = resolve_model(spec)
     if path.is_dir():
-        return load_checkpoint(path, **llm_overrides)
+        return load_checkpoint(path, device, **llm_overrides)
     config = load_model_config(path)
     for key, value in llm_overrides.items():
         setattr(config.llm, key, value)
-    return MultimodalModel.build(config)
+    return MultimodalModel.build(config, device=device)
 
 
 class Assistant:
@@ -218,21 +219,23 @@ def load(
     fast: bool = True,
     precision: str = "auto",
     batches: bool = False,
+    device: str = "auto",
     **llm_overrides: Any,
 ) -> Assistant:
     """Load an Assistant: `default` (the shipped assistant), a checkpoint folder, or a model config YAML.
     `fast` picks the merged-LoRA token loop (default) over transformers' generate, at inference `precision`
     (mllm.quantize: `auto` is bf16 matmuls on CPUs with AMX, else fp16 weights on CPUs with the kernels for it,
     `fp32` keeps the weights; with `batches`, for an assistant that will mostly answer many prompts at once
-    through mllm.batch, `auto` is bf16 on CPUs with AVX-512 BF16 too);
-    `fast=False` is the plain fp32 path."""
+    through mllm.batch, `auto` is bf16 on CPUs with AVX-512 BF16 too; on a GPU `auto` is bf16 where the GPU
+    has it, else fp16); `fast=False` is the plain fp32 path. `device`: `auto` (a CUDA GPU when there is one,
+    else the CPU), `cpu`, `cuda` or `cuda:N` (mllm.devices)."""
     if load_in_4bit:
         llm_overrides["load_in_4bit"] = True
     if load_in_8bit:
         llm_overrides["load_in_8bit"] = True
     if precision not in INFERENCE_PRECISIONS:
         raise MllmError(f"unknown precision {precision!r}; valid: {', '.join(INFERENCE_PRECISIONS)}")
-    model = load_model(spec, **llm_overrides)
+    model = load_model(spec, resolve_device(device), **llm_overrides)
     if fast:
         model = apply_precision(merge_for_inference(model), precision, batches)
     return Assistant(model, name=model.config.name, fast=fast)

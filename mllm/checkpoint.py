@@ -191,8 +191,11 @@ def save_checkpoint(
     return folder
 
 
-def load_checkpoint(folder: str | Path, **llm_overrides: Any) -> MultimodalModel:
-    """Rebuild the model stored in `folder`; `llm_overrides` (e.g. load_in_4bit=True) adjust the LLM config."""
+def load_checkpoint(
+    folder: str | Path, device: torch.device | None = None, **llm_overrides: Any
+) -> MultimodalModel:
+    """Rebuild the model stored in `folder` (on `device` when given); `llm_overrides` (e.g. load_in_4bit=True)
+    adjust the LLM config."""
     folder = Path(folder)
     config = checkpoint_config(folder)
     for key, value in llm_overrides.items():
@@ -203,7 +206,7 @@ def load_checkpoint(folder: str | Path, **llm_overrides: Any) -> MultimodalModel
         )  # relative paths were resolved into the folder
         if local and not (Path(source) / "config.json").is_file():
             raise MllmError(f"{source}: folder is missing or has no config.json")
-    model = MultimodalModel.build(config)
+    model = MultimodalModel.build(config, device=device)
     load_module_weights(model.projector, folder / "projector.safetensors")
     if config.lora.enabled:
         if not (folder / "adapter").is_dir():

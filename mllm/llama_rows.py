@@ -78,7 +78,7 @@ class LlamaRows(LlamaStepper):
             self._cover(max(rotary_positions))
             rotary = torch.tensor(rotary_positions, device=device)
         cos, sin = self.cos[rotary][:, None], self.signed_sin[rotary][:, None]  # [count, 1, head_dim]
-        hidden = F.embedding(tokens, self.embedding)  # [count, D]
+        hidden = F.embedding(tokens.to(device), self.embedding)  # [count, D]
         for layer in self.layers:
             q, k, v = layer.qkv(norm(hidden, *layer.input_norm))
             q, k = q.view(count, heads, head_dim), k.view(count, kv_heads, head_dim)

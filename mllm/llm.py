@@ -110,7 +110,12 @@ def materialize(source: str, gguf_file: str | None) -> str:
         return str(target)
     log.info("dequantizing %s once into %s", gguf_path, target)
     dequantized = from_pretrained(
-        AutoModelForCausalLM.from_pretrained, folder, "LLM", gguf_file=gguf, dtype=torch.float32
+        AutoModelForCausalLM.from_pretrained,
+        folder,
+        "LLM",
+        gguf_file=gguf,
+        dtype=torch.float32,
+        use_kernels=False,  # no hub kernels (see load_llm)
     )
     tokenizer = from_pretrained(AutoTokenizer.from_pretrained, folder, "tokenizer", gguf_file=gguf)
     hf_config = dequantized.config
@@ -173,8 +178,10 @@ def quantization_config(config: LLMConfig) -> BitsAndBytesConfig | None:
     return None
 
 
-def load_llm(config: LLMConfig) -> PreTrainedModel:
-    """The causal LM described by `config` (weights frozen here; the caller decides what trains)."""
+def load_llm(config: LLMConfig, device: torch.device | None = None) -> PreTrainedModel:
+    """The causal LM described by `config` (weights frozen here; the caller decides what trains), loaded
+    straight onto `device` when given (else where transformers puts it: the CPU, or the GPU for a 4/8-bit
+    model when there is one)."""
     dtype = DTYPES.get(config.dtype)
     quant = quantization_config(config)
     if config.source is None:
@@ -189,6 +196,8 @@ def load_llm(config: LLMConfig) -> PreTrainedModel:
         with torch.random.fork_rng():
             torch.manual_seed(config.init_seed)
             model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+        if device is not None:
+            model.to(device)
     else:
         path = materialize(config.source, config.gguf_file)
         model = from_pretrained(
@@ -198,6 +207,8 @@ def load_llm(config: LLMConfig) -> PreTrainedModel:
             dtype=dtype,
             quantization_config=quant,
             use_safetensors=True,  # weights are never unpickled
+            use_kernels=False,  # transformers would fetch hub kernels for a GPU: offline, and other numerics
+            **({} if device is None else {"device_map": {"": device}}),
         )
     model.requires_grad_(False)
     return model

@@ -78,17 +78,19 @@ class MultimodalModel(nn.Module):
         self.inference_precision = "fp32"  # set by mllm.quantize.apply_precision
 
     @classmethod
-    def build(cls, config: ModelConfig, with_lora: bool | None = None) -> MultimodalModel:
-        """Load or initialise every part from `config`; LoRA adapters are added when `config.lora.enabled`
-        (or `with_lora`). Only the projector and LoRA are trainable."""
+    def build(
+        cls, config: ModelConfig, with_lora: bool | None = None, device: torch.device | None = None
+    ) -> MultimodalModel:
+        """Load or initialise every part from `config`, on `device` when given; LoRA adapters are added when
+        `config.lora.enabled` (or `with_lora`). Only the projector and LoRA are trainable."""
         tokenizer = load_tokenizer(config.llm)
-        llm = load_llm(config.llm)
+        llm = load_llm(config.llm, device)
         if config.lora.enabled if with_lora is None else with_lora:
             llm = apply_lora(llm, config.lora)
         vision = VisionTower(config.vision)
         embeddings = llm.get_input_embeddings()
         projector = build_projector(config.projector, vision.hidden_size, embeddings.embedding_dim)
-        # a quantized LLM is placed by bitsandbytes (e.g. on the GPU): keep the image path beside it
+        # the image path goes where the LLM is (a quantized LLM without a device is placed by bitsandbytes)
         vision.to(embeddings.weight.device)
         projector.to(embeddings.weight.device)
         return cls(config, vision, projector, llm, tokenizer)

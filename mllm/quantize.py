@@ -22,7 +22,9 @@
   BF16 but no AMX, where bf16 runs prompts and batches about 1.8x faster than fp16 but decodes a single reply
   about 25% slower (SmolLM2-135M on a 2-core AMD EPYC: 36 against 48 tokens/s), so chat keeps fp16 there.
 
-The input embedding stays fp32. Reduced precision can change replies, so its accuracy is checked against fp32
+On a GPU (a model loaded with `device` cuda), `fp16` and `bf16` are the whole LLM cast to that dtype, as
+transformers runs it (`auto`: bf16 where the GPU has it, else fp16); `int8` is refused there (use bitsandbytes'
+8-bit loading). On a CPU the input embedding stays fp32. Reduced precision can change replies, so its accuracy is checked against fp32
 (tests/test_smollm2.py and the release evaluation on the shapes test split).
 Only for a model that is not trained again: quantized modules have no gradients.
 """
@@ -55,6 +57,29 @@ def _plain_cpu_llm(model: MultimodalModel) -> bool:
     )
 
 
+def _plain_gpu_llm(model: MultimodalModel) -> bool:
+    """A GPU LLM with plain fp32 weights (no bitsandbytes)."""
+    llm_config = model.config.llm
+    return (
+        model.device.type == "cuda"
+        and not (llm_config.load_in_4bit or llm_config.load_in_8bit)
+        and all(p.dtype == torch.float32 for p in model.llm.parameters())
+    )
+
+
+def _cast_on_gpu(model: MultimodalModel, dtype: torch.dtype) -> MultimodalModel:
+    """The GPU LLM's weights cast to `dtype` (the vision tower and projector stay fp32; their output is cast
+    to the LLM's embedding dtype where it is merged)."""
+    name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    if not _plain_gpu_llm(model):
+        raise MllmError(f"precision {name} on a GPU needs an fp32 LLM (not --load-4bit/--load-8bit)")
+    if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise MllmError(f"precision bf16: {torch.cuda.get_device_name(model.device)} has no bf16; use fp16")
+    model.llm.to(dtype)
+    log.info("LLM weights at %s on %s", name, model.device)
+    return model
+
+
 def quantized_supported(model: MultimodalModel) -> bool:
     """Whether `fp16`/`int8` can run: a plain fp32 CPU LLM and an x86/fbgemm quantized engine."""
     engines = torch.backends.quantized.supported_engines
@@ -75,7 +100,7 @@ def _check_convertible(model: MultimodalModel, name: str, supported: bool, kerne
     if not supported:
         raise MllmError(
             f"precision {name} needs an fp32 LLM on a CPU with {kernels} "
-            "(not a GPU, not --load-4bit/--load-8bit); use precision fp32"
+            "(not --load-4bit/--load-8bit); use precision fp32"
         )
     if any(module_name.endswith("lora_A") for module_name, _ in model.llm.named_modules()):
         raise MllmError(f"precision {name} needs the LoRA adapters merged first (merge_for_inference)")
@@ -133,6 +158,8 @@ def _dynamic(model: MultimodalModel, dtype: torch.dtype) -> MultimodalModel:
 
 @PRECISIONS.register("bf16")
 def _bf16(model: MultimodalModel) -> MultimodalModel:
+    if model.device.type == "cuda":
+        return _cast_on_gpu(model, torch.bfloat16)
     _check_convertible(model, "bf16", bf16_supported(model), "oneDNN's bf16 and fbgemm's fp16 kernels")
     llm = model.llm
 
@@ -161,11 +188,15 @@ def _own_memory(parameters: Iterable[nn.Parameter], owned: set[int]) -> None:
 
 @PRECISIONS.register("fp16")
 def _fp16(model: MultimodalModel) -> MultimodalModel:
+    if model.device.type == "cuda":
+        return _cast_on_gpu(model, torch.float16)
     return _dynamic(model, torch.float16)
 
 
 @PRECISIONS.register("int8")
 def _int8(model: MultimodalModel) -> MultimodalModel:
+    if model.device.type == "cuda":
+        raise MllmError("precision int8 runs on a CPU; on a GPU load the LLM in 8-bit (--load-8bit) instead")
     log.warning(
         "precision int8 quantizes activations too: answers can change a lot (the shipped assistant drops "
         "from 91.2% to 77.5% on the shapes test split); fp16 keeps them"
@@ -177,6 +208,8 @@ def resolve_precision(model: MultimodalModel, precision: str, batches: bool = Fa
     """`auto` -> `bf16`, `fp16` or `fp32` for this model, for batch work when `batches` (see the module
     docstring); other names are checked against the registry."""
     if precision == "auto":
+        if _plain_gpu_llm(model):
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         if bf16_supported(model) and (amx_available() or (batches and native_bf16_available())):
             return "bf16"
         return "fp16" if quantized_supported(model) else "fp32"

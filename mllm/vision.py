@@ -48,7 +48,11 @@ def build_vision_model(config: VisionConfig) -> PreTrainedModel:
     family = VISION_FAMILIES.get(config.type)
     if config.source is not None:
         return from_pretrained(
-            family.model_cls.from_pretrained, config.source, "vision tower", use_safetensors=True
+            family.model_cls.from_pretrained,
+            config.source,
+            "vision tower",
+            use_safetensors=True,
+            use_kernels=False,  # no hub kernels (mllm.llm.load_llm)
         )
     hf_config = family.config_cls(
         hidden_size=config.hidden_size,

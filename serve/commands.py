@@ -43,7 +43,14 @@ def add_model_args(parser: argparse.ArgumentParser, quantization: bool = True) -
             "CPU; bf16 does too and runs prompts several times faster on CPUs with AMX (bf16 matmul inputs and "
             "outputs); int8 quarters them but also quantizes activations (much less accurate on small LLMs); "
             "auto is bf16 on CPUs with AMX (and, for mllm vqa over a questions file, with AVX-512 BF16), else "
-            "fp16 where the kernels exist, else fp32 (default: %(default)s)",
+            "fp16 where the kernels exist, else fp32; on a GPU fp16 and bf16 cast the LLM's weights and auto is "
+            "bf16 where the GPU has it (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--device",
+            default="auto",
+            help="where to run: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N "
+            "(default: %(default)s)",
         )
 
 
@@ -59,6 +66,7 @@ def load_assistant(args: argparse.Namespace, batches: bool = False) -> Assistant
         load_in_8bit=getattr(args, "load_8bit", False),
         precision=getattr(args, "precision", "auto"),
         batches=batches,
+        device=getattr(args, "device", "auto"),
     )
 
 

@@ -28,11 +28,12 @@ def lively_assistant(
     context: int | None = None,
     endless: bool = False,
     config: Path = TINY_CONFIG,
+    device: str = "cpu",
 ) -> Assistant:
     """The tiny model (or another model YAML with its sizes, `config`) with its LLM and projector weights
     redrawn at `scale`, so greedy outputs differ, then brought to inference `precision` (mllm.quantize).
     `context` replaces the LLM's context length (positions). `endless`: greedy replies never end by themselves
-    (see `never_end`)."""
+    (see `never_end`). On the CPU unless `device` says otherwise, also on a machine with a GPU."""
     from mllm.config import load_model_config
     from mllm.quantize import apply_precision
 
@@ -40,7 +41,7 @@ def lively_assistant(
     if context is not None:
         init_config = dict(load_model_config(TINY_CONFIG).llm.init_config or {})
         overrides["init_config"] = {**init_config, "max_position_embeddings": context}
-    assistant = mllm.load(str(config), precision="fp32", **overrides)
+    assistant = mllm.load(str(config), precision="fp32", device=device, **overrides)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in (assistant.model.llm, assistant.model.projector):

@@ -55,11 +55,11 @@ def train_env(**extra: str) -> dict[str, str]:
     }
     env.update(
         {
-            "DS_ACCELERATOR": "cpu",
+            "DS_ACCELERATOR": "cpu",  # as CI has it, also on a machine with a GPU (tests/test_gpu.py asks for it)
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
             "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
         }
     )
     env.update(extra)
@@ -78,7 +78,10 @@ def start_training(config: Path, *args: str, **env: str) -> subprocess.Popen[str
     )
 
 
-def run_training(config: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    proc = start_training(config, *args)
+def run_training(
+    config: Path, *args: str, timeout: float = 300, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """`python -m train CONFIG ARGS` to its end; `env` adds to train_env's variables."""
+    proc = start_training(config, *args, **env)
     out, err = proc.communicate(timeout=timeout)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from transformers import CLIPConfig, CLIPModel, CLIPVisionModel
 
-from mllm.config import LLMConfig, ModelConfig, load_model_config
+from mllm.config import ModelConfig, load_model_config
 from mllm.errors import MllmError
 from mllm.images import ImagePreprocessor
 from mllm.llm import load_tokenizer
@@ -109,10 +109,11 @@ def evaluate_clip(
     right: dict[str, int] = dict.fromkeys(PATCH_GROUPS, 0)
     occupied = exact = patches = counts_ok = counts_total = regions_ok = 0
     object_counts_ok = object_counts_total = 0
+    weight = next(model.parameters())
     for start in range(0, len(samples) - batch_size + 1, batch_size):
-        batch = collate(samples[start : start + batch_size], next(model.parameters()).dtype)
+        batch = collate(samples[start : start + batch_size], weight.dtype, weight.device)
         out = model(**batch, aux_weight=aux_weight)
-        hits += int((out["logits"].argmax(1) == torch.arange(batch_size)).sum())
+        hits += int((out["logits"].argmax(1) == torch.arange(batch_size, device=weight.device)).sum())
         total += batch_size
         cells = batch["cells"]
         has_object = cells[..., 0] > 0
@@ -126,7 +127,7 @@ def evaluate_clip(
         patches += all_right.numel()
         counts_ok += int((out["count_logits"].argmax(-1) == batch["counts"]).sum())
         grid = math.isqrt(cells.shape[1])
-        regions_ok += int((out["region_logits"].argmax(-1) == region_targets(grid)).sum())
+        regions_ok += int((out["region_logits"].argmax(-1) == region_targets(grid).to(weight.device)).sum())
         counts_total += batch["counts"].numel()
         if out["object_count_logits"] is not None:
             targets = cells[..., OBJECT_COUNT_COLUMN:]
@@ -186,7 +187,7 @@ def train_clip(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
     model_config = load_model_config(str(config.model))
     vision = model_config.vision
     grid = vision.image_size // vision.patch_size
-    tokenizer = load_tokenizer(LLMConfig(source="smollm2"))
+    tokenizer = load_tokenizer(model_config.llm)  # captions in the LLM's own tokens (compacted below)
     pairs = Path(config.data.train)
     folder = Path(config.data.image_folder) if config.data.image_folder else pairs.parent / "images"
     scenes = Path(config.clip.scenes) if config.clip.scenes else pairs.parent / "scenes.jsonl"
@@ -248,7 +249,7 @@ def train_clip(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
                 picked = [
                     recolor(s, recolor_rng, config.clip.recolor_prob, preprocess, encode) for s in picked
                 ]
-            batch = collate(picked, dtype)
+            batch = collate(picked, dtype, engine.device)
             result = engine(**batch, aux_weight=config.clip.aux_weight)
             engine.backward(result["loss"])
             engine.step()

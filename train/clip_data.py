@@ -142,15 +142,17 @@ def recolor(
     )
 
 
-def collate(samples: list[ClipSample], dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """A batch for ClipWithAux: captions padded with EOS_ID, pixels in `dtype` (the towers' own)."""
+def collate(
+    samples: list[ClipSample], dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+) -> dict[str, torch.Tensor]:
+    """A batch for ClipWithAux on `device`: captions padded with EOS_ID, pixels in `dtype` (the towers' own)."""
     width = max(len(s.tokens) for s in samples)
     input_ids = torch.full((len(samples), width), EOS_ID, dtype=torch.long)
     attention_mask = torch.zeros((len(samples), width), dtype=torch.long)
     for row, sample in enumerate(samples):
         input_ids[row, : len(sample.tokens)] = torch.tensor(sample.tokens)
         attention_mask[row, : len(sample.tokens)] = 1
-    return {
+    batch = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "pixel_values": torch.stack([s.image for s in samples]).to(dtype),
@@ -158,3 +160,4 @@ def collate(samples: list[ClipSample], dtype: torch.dtype = torch.float32) -> di
         "counts": torch.stack([s.counts for s in samples]),
         "background": torch.tensor([s.background for s in samples]),
     }
+    return {name: tensor.to(device) for name, tensor in batch.items()}

@@ -41,23 +41,38 @@ def prepare_environment() -> None:
                 os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
 
 
-def init_distributed() -> tuple[int, int]:
-    """(rank, world size) after joining the process group."""
+def on_gpu() -> bool:
+    """Whether DeepSpeed trains on CUDA GPUs here: its accelerator, which `DS_ACCELERATOR=cpu` sets to the CPU
+    also on a machine with GPUs (torch.cuda alone would say otherwise)."""
     prepare_environment()
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator().device_name() == "cuda"
+
+
+def init_distributed() -> tuple[int, int]:
+    """(rank, world size) after joining the process group: NCCL with one GPU per local rank, else gloo."""
+    gpu = on_gpu()
     import deepspeed
 
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
     if not torch.distributed.is_initialized():
+        backend = "nccl" if gpu else "gloo"
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if gpu:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if local_rank >= torch.cuda.device_count():
+            raise MllmError(
+                f"local rank {local_rank} has no GPU of its own ({torch.cuda.device_count()} here): start one "
+                "process per GPU, or train on the CPU with DS_ACCELERATOR=cpu"
+            )
+        torch.cuda.set_device(local_rank)
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
 def use_bf16(config: TrainConfig) -> bool:
-    """bf16 when asked, or on `auto` when a GPU supports it; CPU runs stay in fp32."""
+    """bf16 when asked, or on `auto` when training on a GPU that supports it; CPU runs stay in fp32."""
     if config.precision == "auto":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return on_gpu() and torch.cuda.is_bf16_supported()
     return config.precision == "bf16"
 
 
@@ -126,6 +141,13 @@ def initialize(model: nn.Module, config: TrainConfig, world: int) -> tuple[Any, 
     ds = deepspeed_config(config, world)
     engine, ds_optimizer, _, ds_scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds, dist_init_required=False
+    )
+    log.info(
+        "DeepSpeed engine on %s: ZeRO stage %d, %s, world size %d",
+        engine.device,
+        zero_stage(ds),
+        "bf16" if engine.bfloat16_enabled() else "fp16" if engine.fp16_enabled() else "fp32",
+        world,
     )
     return engine, ds_optimizer, ds_scheduler
 

@@ -29,6 +29,7 @@ from train.engine import (
     init_distributed,
     initialize,
     load_optimizer_state,
+    on_gpu,
     optimizer_state,
 )
 from train.evaluate import eval_loss, load_vqa, supervised_loss, vqa_accuracy
@@ -60,7 +61,7 @@ def seed_everything(seed: int) -> None:
 
 def peak_memory_mb() -> float:
     """Peak resident memory of this process (CPU) or peak allocated GPU memory, in MiB."""
-    if torch.cuda.is_available():
+    if on_gpu():
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
