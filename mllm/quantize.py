@@ -47,21 +47,11 @@ log = logging.getLogger(__name__)
 PRECISIONS: Registry[Callable[[MultimodalModel], MultimodalModel]] = Registry("inference precision")
 
 
-def _plain_cpu_llm(model: MultimodalModel) -> bool:
-    """A CPU LLM with plain fp32 weights (no bitsandbytes)."""
+def _plain_llm(model: MultimodalModel, device_type: str) -> bool:
+    """An LLM on a `device_type` device (cpu, cuda) with plain fp32 weights (no bitsandbytes)."""
     llm_config = model.config.llm
     return (
-        model.device.type == "cpu"
-        and not (llm_config.load_in_4bit or llm_config.load_in_8bit)
-        and all(p.dtype == torch.float32 for p in model.llm.parameters())
-    )
-
-
-def _plain_gpu_llm(model: MultimodalModel) -> bool:
-    """A GPU LLM with plain fp32 weights (no bitsandbytes)."""
-    llm_config = model.config.llm
-    return (
-        model.device.type == "cuda"
+        model.device.type == device_type
         and not (llm_config.load_in_4bit or llm_config.load_in_8bit)
         and all(p.dtype == torch.float32 for p in model.llm.parameters())
     )
@@ -71,7 +61,7 @@ def _cast_on_gpu(model: MultimodalModel, dtype: torch.dtype) -> MultimodalModel:
     """The GPU LLM's weights cast to `dtype` (the vision tower and projector stay fp32; their output is cast
     to the LLM's embedding dtype where it is merged)."""
     name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-    if not _plain_gpu_llm(model):
+    if not _plain_llm(model, "cuda"):
         raise MllmError(f"precision {name} on a GPU needs an fp32 LLM (not --load-4bit/--load-8bit)")
     if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         raise MllmError(f"precision bf16: {torch.cuda.get_device_name(model.device)} has no bf16; use fp16")
@@ -83,7 +73,7 @@ def _cast_on_gpu(model: MultimodalModel, dtype: torch.dtype) -> MultimodalModel:
 def quantized_supported(model: MultimodalModel) -> bool:
     """Whether `fp16`/`int8` can run: a plain fp32 CPU LLM and an x86/fbgemm quantized engine."""
     engines = torch.backends.quantized.supported_engines
-    return _plain_cpu_llm(model) and any(engine in engines for engine in ("x86", "fbgemm"))
+    return _plain_llm(model, "cpu") and any(engine in engines for engine in ("x86", "fbgemm"))
 
 
 def bf16_supported(model: MultimodalModel) -> bool:
@@ -208,7 +198,7 @@ def resolve_precision(model: MultimodalModel, precision: str, batches: bool = Fa
     """`auto` -> `bf16`, `fp16` or `fp32` for this model, for batch work when `batches` (see the module
     docstring); other names are checked against the registry."""
     if precision == "auto":
-        if _plain_gpu_llm(model):
+        if _plain_llm(model, "cuda"):
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         if bf16_supported(model) and (amx_available() or (batches and native_bf16_available())):
             return "bf16"
