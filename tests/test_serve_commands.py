@@ -91,7 +91,7 @@ def test_quantization_flags(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capt
 
     monkeypatch.setattr("mllm.load", fake_load)
     assert main(["vqa", "--model", "x", "--load-8bit", "--question", "q"]) == 1
-    loaded = {"spec": "x", "load_in_4bit": False, "load_in_8bit": False, "batches": False}
+    loaded = {"spec": "x", "load_in_4bit": False, "load_in_8bit": False, "batches": False, "device": "auto"}
     assert calls == [{**loaded, "load_in_8bit": True, "precision": "auto"}]
     calls.clear()
     assert main(["vqa", "--model", "x", "--precision", "fp32", "--question", "q"]) == 1
@@ -101,4 +101,7 @@ def test_quantization_flags(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capt
         main(["vqa", "--model", "x", "--questions", "q.jsonl", "--image-folder", ".", "--answers", "a"]) == 1
     )
     assert calls == [{**loaded, "precision": "auto", "batches": True}]
+    calls.clear()
+    assert main(["vqa", "--model", "x", "--device", "cuda:1", "--question", "q"]) == 1
+    assert calls == [{**loaded, "precision": "auto", "device": "cuda:1"}]
     assert "stop here" in capsys.readouterr().err
