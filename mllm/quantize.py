@@ -24,8 +24,8 @@
 
 On a GPU (a model loaded with `device` cuda), `fp16` and `bf16` are the whole LLM cast to that dtype, as
 transformers runs it (`auto`: bf16 where the GPU has it, else fp16); `int8` is refused there (use bitsandbytes'
-8-bit loading). On a CPU the input embedding stays fp32. Reduced precision can change replies, so its accuracy is checked against fp32
-(tests/test_smollm2.py and the release evaluation on the shapes test split).
+8-bit loading). On a CPU the input embedding stays fp32. Reduced precision can change replies, so its accuracy
+is checked against fp32 (tests/test_smollm2.py and the release evaluation on the shapes test split).
 Only for a model that is not trained again: quantized modules have no gradients.
 """
 
