@@ -18,7 +18,7 @@ from mllm.assistant import Assistant
 from mllm.batch import answer_batch
 from mllm.llm import load_llm
 from mllm.model import MultimodalModel
-from tests.train_support import REPO, make_data, run_training, write_config
+from tests.train_support import REPO, make_data, run_training, write_clip_config, write_config
 
 pytestmark = [
     pytest.mark.gpu,
@@ -150,23 +150,7 @@ def test_align_then_instruct_train_on_the_gpu_in_bf16(
 
 def test_clip_stage_trains_on_the_gpu(tmp_path: Path) -> None:
     data = make_data(tmp_path / "data", num_images=16)
-    config = write_config(
-        tmp_path / "clip.yaml",
-        data,
-        tmp_path / "run",
-        stage="clip",
-        model=str(REPO / "configs" / "model" / "tiny-test.yaml"),
-        data={
-            "train": str(data / "pairs.jsonl"),
-            "eval": str(data / "pairs.jsonl"),
-            "image_folder": str(data / "images"),
-        },
-        clip={"text_hidden_size": 32, "text_layers": 1, "text_heads": 2, "projection_dim": 16},
-        micro_batch_size=8,
-        max_steps=3,
-        eval_every=0,
-        precision="auto",
-    )
+    config = write_clip_config(tmp_path / "clip.yaml", data, tmp_path / "run", {}, precision="auto")
     run = run_training(config, DS_ACCELERATOR="cuda")
     assert run.returncode == 0, run.stderr[-3000:]
     assert "DeepSpeed engine on cuda:0: ZeRO stage 0, bf16" in run.stderr

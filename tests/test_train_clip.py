@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.train_support import TINY_MODEL, make_data, run_training, write_config
+from tests.train_support import TINY_MODEL, make_data, run_training, write_clip_config
 
 
 def test_aux_targets_name_the_object_of_each_patch_and_the_counts() -> None:
@@ -194,30 +194,16 @@ def test_clip_stage_saves_a_vision_tower_the_model_loads(
     from mllm.model import MultimodalModel
 
     data = make_data(tmp_path / "data", num_images=16)
-    config = write_config(
+    config = write_clip_config(
         tmp_path / "clip.yaml",
         data,
         tmp_path / "run",
-        stage="clip",
-        model=str(TINY_MODEL),
-        data={
-            "train": str(data / "pairs.jsonl"),
-            "eval": str(data / "pairs.jsonl"),
-            "image_folder": str(data / "images"),
-        },
-        clip={
-            "text_hidden_size": 32,
-            "text_layers": 1,
-            "text_heads": 2,
-            "projection_dim": 16,
+        {
             "recolor_prob": 0.5,
             "patch_counts": patch_counts,
             "object_counts": object_counts,
             "image_heads": image_heads,
         },
-        micro_batch_size=8,
-        max_steps=3,
-        eval_every=0,
         precision=precision,
     )
     result = run_training(config)

@@ -85,3 +85,23 @@ def run_training(
     proc = start_training(config, *args, **env)
     out, err = proc.communicate(timeout=timeout)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def write_clip_config(path: Path, data_dir: Path, out: Path, clip: dict[str, Any], **fields: Any) -> Path:
+    """A 3-step clip-stage YAML for the tiny model on `data_dir`'s pairs (eval on the same pairs), with tiny
+    text-tower sizes; `clip` adds clip-section fields, `fields` override the rest."""
+    sizes = {"text_hidden_size": 32, "text_layers": 1, "text_heads": 2, "projection_dim": 16}
+    config: dict[str, Any] = {
+        "stage": "clip",
+        "model": str(TINY_MODEL),
+        "data": {
+            "train": str(data_dir / "pairs.jsonl"),
+            "eval": str(data_dir / "pairs.jsonl"),
+            "image_folder": str(data_dir / "images"),
+        },
+        "clip": {**sizes, **clip},
+        "micro_batch_size": 8,
+        "max_steps": 3,
+        "eval_every": 0,
+    }
+    return write_config(path, data_dir, out, **{**config, **fields})
