@@ -28,7 +28,6 @@ def _launch(config: Path, *args: str) -> list[subprocess.CompletedProcess[str]]:
             [sys.executable, "-m", "train", str(config), *args],
             cwd=REPO,
             env=train_env(
-                DS_ACCELERATOR="cpu",  # two ranks on one machine's CPU, also where it has a GPU
                 RANK=str(rank),
                 LOCAL_RANK=str(rank),
                 WORLD_SIZE="2",
