@@ -1,6 +1,7 @@
 """Decode speed and time to first token: mllm's default (fast) path against transformers'
 LlavaForConditionalGeneration built by `mllm export --format hf-llava` from the same model, with its plain
-generate; plus this machine's memory-bandwidth limit for decode."""
+generate (given the exported folder's position ids when the model's image tokens are not one position apart,
+as the export's USAGE.md says); plus this machine's memory-bandwidth limit for decode."""
 
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ def run(spec: str, new_tokens: int = 128, repeats: int = 3) -> list[dict[str, An
     import mllm
     from mllm.assistant import load_model, merge_for_inference
     from mllm.decoding import decode_tokens
+    from mllm.positions import image_position_ids
     from serve.export import build_llava
 
     images = Images()
@@ -103,8 +105,21 @@ def run(spec: str, new_tokens: int = 128, repeats: int = 3) -> list[dict[str, An
 
         return first
 
+    def reference_inputs() -> dict[str, Any]:
+        inputs = dict(processor(images=[images.next()], text=prompt, return_tensors="pt"))
+        step = getattr(reference.config, "image_position_step", 1)
+        if step != 1:  # what the exported folder's mllm_positions.py computes
+            inputs["position_ids"] = image_position_ids(
+                inputs["input_ids"],
+                reference.config.image_token_id,
+                reference.config.image_seq_length,
+                step,
+                inputs["attention_mask"],
+            )
+        return inputs
+
     def reference_decode() -> list[int]:
-        inputs = processor(images=[images.next()], text=prompt, return_tensors="pt")
+        inputs = reference_inputs()
         with torch.inference_mode():
             out = reference.generate(
                 **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
@@ -112,7 +127,7 @@ def run(spec: str, new_tokens: int = 128, repeats: int = 3) -> list[dict[str, An
         return out[0, inputs["input_ids"].shape[1] :].tolist()
 
     def reference_first() -> Any:
-        inputs = processor(images=[images.next()], text=prompt, return_tensors="pt")
+        inputs = reference_inputs()
         with torch.inference_mode():
             return reference.generate(**inputs, max_new_tokens=1, do_sample=False)
 

@@ -8,7 +8,12 @@ transformers alone and give mllm's logits. How the parts map:
 - projector: `mlp2x_gelu` is LLaVA's projector (fc1 -> linear_1, GELU, fc2 -> linear_2); `linear` becomes
   linear_1 = the projection, act = identity ("linear"), linear_2 = an identity matrix with zero bias (exact);
   `qformer` has no LLaVA equivalent and is refused;
-- positions: LLaVA gives image tokens consecutive positions, so an `image_position_step` other than 1 is refused;
+- positions: LLaVA gives image tokens consecutive positions. A model with another `image_position_step` is
+  exported with the step in its config (`image_position_step`, which transformers keeps but does not read) and
+  `mllm_positions.py` (a copy of mllm/positions.py, torch only) in the folder: `generate(**inputs,
+  position_ids=image_position_ids(...))` then gives mllm's tokens (transformers extends given position ids by
+  one per new token); without them the model sees other positions than it was trained with. The export warns;
+  USAGE.md in the folder shows the call;
 - image token: mllm's `<image>` id is len(tokenizer) - 1, which may be past the LLM's vocabulary (mllm
   never looks it up). The export resizes the embeddings (and head) to hold it; the new row is zero and the
   generation config suppresses the token, so it is never generated. Logits gain that one extra column.
@@ -34,6 +39,7 @@ import torch
 from peft import PeftModel
 from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaImageProcessorPil, LlavaProcessor
 
+from mllm import positions
 from mllm.assistant import load_model, merge_for_inference, resolve_model
 from mllm.checkpoint import read_meta, save_checkpoint
 from mllm.errors import MllmError
@@ -42,6 +48,45 @@ from mllm.projectors import LinearProjector, MLPProjector
 
 log = logging.getLogger(__name__)
 FORMATS = ("hf-llava", "merged")
+POSITIONS_MODULE = "mllm_positions.py"
+POSITIONS_USAGE = "USAGE.md"
+
+
+def positions_usage(step: int) -> str:
+    """USAGE.md of an hf-llava folder whose image tokens are `step` positions apart (not LLaVA's 1)."""
+    return f"""# Image token positions
+
+This model was trained with its image tokens {step} rotary positions apart (mllm's `image_position_step: {step}`),
+not one apart as transformers' LLaVA lays them out. Give `generate` (or `forward`) the position ids from
+`mllm_positions.py` (in this folder; needs only torch), or the answers change:
+
+```python
+import sys
+from PIL import Image
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+folder = "path/to/this/folder"
+sys.path.insert(0, folder)
+from mllm_positions import image_position_ids
+
+model = LlavaForConditionalGeneration.from_pretrained(folder)
+processor = AutoProcessor.from_pretrained(folder)
+messages = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": "What is in the image?"}}]}}]
+text = processor.apply_chat_template(messages, add_generation_prompt=True)
+inputs = processor(images=[Image.open("photo.png")], text=text, return_tensors="pt")
+positions = image_position_ids(
+    inputs["input_ids"],
+    model.config.image_token_id,
+    model.config.image_seq_length,
+    model.config.image_position_step,
+    inputs["attention_mask"],
+)
+output = model.generate(**inputs, position_ids=positions, max_new_tokens=64, do_sample=False)
+print(processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+```
+
+transformers extends the given position ids by one for every new token, as mllm does.
+"""
 
 
 def processor_chat_template(tokenizer_template: str, image_token: str, system_prompt: str | None) -> str:
@@ -89,11 +134,6 @@ def build_llava(model: MultimodalModel) -> tuple[LlavaForConditionalGeneration, 
             f"projector {ptype!r} has no transformers LLaVA equivalent; hf-llava export supports "
             "linear and mlp2x_gelu (use --format merged)"
         )
-    if model.config.image_position_step != 1:
-        raise MllmError(
-            f"image_position_step {model.config.image_position_step}: transformers' LLaVA counts image tokens "
-            "one position each; hf-llava export needs image_position_step: 1 (use --format merged)"
-        )
     if isinstance(model.llm, PeftModel):
         raise ValueError("merge the LoRA adapters first (mllm.assistant.merge_for_inference)")
     tokenizer = model.tokenizer
@@ -117,6 +157,7 @@ def build_llava(model: MultimodalModel) -> tuple[LlavaForConditionalGeneration, 
         vision_feature_select_strategy="default" if model.vision.drop_cls else "full",
         vision_feature_layer=model.config.vision.feature_layer,
         multimodal_projector_bias=True,
+        **({"image_position_step": model.config.image_position_step} if model.config.image_position_step != 1 else {}),
     )
     dtype = llm.get_input_embeddings().weight.dtype
     llava = LlavaForConditionalGeneration(config).to(dtype).eval()
@@ -199,10 +240,21 @@ def export(spec: str, fmt: str, out: Path, overwrite: bool = False) -> Path:
         )
         return out
     llava, processor = build_llava(model)
+    step = model.config.image_position_step
+    if step != 1:
+        log.warning(
+            "image_position_step %d: pass position_ids=mllm_positions.image_position_ids(...) to generate "
+            "(see %s); without them transformers gives image tokens consecutive positions and the answers change",
+            step,
+            out / POSITIONS_USAGE,
+        )
 
     def write(tmp: Path) -> None:
         llava.save_pretrained(tmp)
         processor.save_pretrained(tmp)
+        if step != 1:
+            shutil.copyfile(positions.__file__, tmp / POSITIONS_MODULE)
+            (tmp / POSITIONS_USAGE).write_text(positions_usage(step))
         (tmp / "mllm_export.json").write_text(
             json.dumps(
                 {
@@ -212,6 +264,7 @@ def export(spec: str, fmt: str, out: Path, overwrite: bool = False) -> Path:
                     "image_token": model.config.llm.image_token,
                     "image_token_id": model.image_token_id,
                     "num_image_tokens": model.num_image_tokens,
+                    "image_position_step": step,
                 },
                 indent=2,
             )

@@ -1,7 +1,8 @@
 """`image_position_step` (mllm.positions): 0 puts every token of an image at one rotary position, 8 sets them 8
 apart (past the lean loop's cache slots); every path that runs the LLM uses the same positions: the training
 forward, transformers' generate, the lean decode loop, the generic loop, batched rows and the prefix cache give
-the same greedy tokens. hf-llava export and a negative step are refused."""
+the same greedy tokens, and so does an hf-llava export given the folder's position ids. A negative step is
+refused."""
 
 from __future__ import annotations
 
@@ -118,11 +119,54 @@ def test_rows_and_prefix_cache_equal_one_prompt_alone(assistant: Assistant) -> N
     assert cache.hits == 1
 
 
-def test_export_and_unknown_setting_are_refused(assistant: Assistant, tmp_path: Path) -> None:
-    from serve.export import build_llava
+def test_hf_llava_export_gives_mllm_tokens_with_its_position_ids(assistant: Assistant, tmp_path: Path) -> None:
+    """The exported LLaVA with position ids from the folder's mllm_positions.py gives mllm's greedy tokens (two
+    images); without them transformers lays the image out one position a token and the logits differ."""
+    import importlib.util
 
-    with pytest.raises(MllmError, match="image_position_step [08]: .*image_position_step: 1"):
-        build_llava(assistant.model)
+    from transformers import LlavaForConditionalGeneration
+
+    from mllm.checkpoint import save_checkpoint
+    from serve.cli import main
+
+    step = assistant.model.config.image_position_step
+    checkpoint = save_checkpoint(assistant.model, tmp_path / "ckpt", stage="finetune", step=1, save_llm=True)
+    out = tmp_path / "hf"
+    assert main(["export", "--model", str(checkpoint), "--format", "hf-llava", "--out", str(out)]) == 0
+    assert f"image_position_step: {step}" in (out / "USAGE.md").read_text()
+    spec = importlib.util.spec_from_file_location("exported_positions", out / "mllm_positions.py")
+    assert spec is not None and spec.loader is not None
+    exported = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(exported)
+    llava = LlavaForConditionalGeneration.from_pretrained(out).eval()
+    assert llava.config.image_position_step == step
+
+    ids, pixels = _prompt(assistant, "What is in the two pictures?", 2)
+    mask = torch.ones_like(ids)
+    positions = exported.image_position_ids(
+        ids, llava.config.image_token_id, llava.config.image_seq_length, llava.config.image_position_step, mask
+    )
+    assert torch.equal(positions, assistant.model.position_ids(ids))
+    expected = list(decode_tokens(assistant.model, ids, pixels, STEPS))
+    with torch.no_grad():
+        generated = llava.generate(
+            input_ids=ids,
+            pixel_values=pixels,
+            attention_mask=mask,
+            position_ids=positions,
+            max_new_tokens=STEPS,
+            do_sample=False,
+        )
+        assert generated[0, ids.shape[1] :].tolist() == expected
+        vocab = assistant.model(ids, pixel_values=pixels).logits.shape[-1]
+        ours = assistant.model(ids, pixel_values=pixels).logits
+        given = llava(input_ids=ids, pixel_values=pixels, position_ids=positions).logits[..., :vocab]
+        plain = llava(input_ids=ids, pixel_values=pixels).logits[..., :vocab]
+    assert (given - ours).abs().max().item() < 1e-4
+    assert (plain - ours).abs().max().item() > 1e-2
+
+
+def test_negative_step_is_refused(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("image_position_step: -1\n")
     with pytest.raises(MllmError, match="bad.yaml: field image_position_step: -1 is negative"):
