@@ -146,6 +146,8 @@ def build_llava(model: MultimodalModel) -> tuple[LlavaForConditionalGeneration, 
             llm.get_input_embeddings().weight[old_vocab:] = 0
             if llm.get_output_embeddings() is not None:
                 llm.get_output_embeddings().weight[old_vocab:] = 0
+    step = model.config.image_position_step
+    positions_config = {"image_position_step": step} if step != 1 else {}  # LLaVA's own layout needs no key
     vision_model = model.vision.model
     has_cls = model.vision.family.has_cls_token
     config = LlavaConfig(
@@ -157,7 +159,7 @@ def build_llava(model: MultimodalModel) -> tuple[LlavaForConditionalGeneration, 
         vision_feature_select_strategy="default" if model.vision.drop_cls else "full",
         vision_feature_layer=model.config.vision.feature_layer,
         multimodal_projector_bias=True,
-        **({"image_position_step": model.config.image_position_step} if model.config.image_position_step != 1 else {}),
+        **positions_config,
     )
     dtype = llm.get_input_embeddings().weight.dtype
     llava = LlavaForConditionalGeneration(config).to(dtype).eval()

@@ -66,7 +66,11 @@ def test_importing_a_model_stack_offline_prints_no_kernel_fetch_warning():
     """The real import, as every command that loads a model does it (peft imports bitsandbytes)."""
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "MLLM_ALLOW_NETWORK")}
     result = subprocess.run(
-        [sys.executable, "-c", "import mllm, peft, bitsandbytes"], capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, "-c", "import mllm, peft, bitsandbytes"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "gemm_4bit_forward" not in result.stderr

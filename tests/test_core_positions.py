@@ -119,7 +119,9 @@ def test_rows_and_prefix_cache_equal_one_prompt_alone(assistant: Assistant) -> N
     assert cache.hits == 1
 
 
-def test_hf_llava_export_gives_mllm_tokens_with_its_position_ids(assistant: Assistant, tmp_path: Path) -> None:
+def test_hf_llava_export_gives_mllm_tokens_with_its_position_ids(
+    assistant: Assistant, tmp_path: Path
+) -> None:
     """The exported LLaVA with position ids from the folder's mllm_positions.py gives mllm's greedy tokens (two
     images); without them transformers lays the image out one position a token and the logits differ."""
     import importlib.util
@@ -144,7 +146,11 @@ def test_hf_llava_export_gives_mllm_tokens_with_its_position_ids(assistant: Assi
     ids, pixels = _prompt(assistant, "What is in the two pictures?", 2)
     mask = torch.ones_like(ids)
     positions = exported.image_position_ids(
-        ids, llava.config.image_token_id, llava.config.image_seq_length, llava.config.image_position_step, mask
+        ids,
+        llava.config.image_token_id,
+        llava.config.image_seq_length,
+        llava.config.image_position_step,
+        mask,
     )
     assert torch.equal(positions, assistant.model.position_ids(ids))
     expected = list(decode_tokens(assistant.model, ids, pixels, STEPS))
@@ -158,8 +164,8 @@ def test_hf_llava_export_gives_mllm_tokens_with_its_position_ids(assistant: Assi
             do_sample=False,
         )
         assert generated[0, ids.shape[1] :].tolist() == expected
-        vocab = assistant.model(ids, pixel_values=pixels).logits.shape[-1]
         ours = assistant.model(ids, pixel_values=pixels).logits
+        vocab = ours.shape[-1]
         given = llava(input_ids=ids, pixel_values=pixels, position_ids=positions).logits[..., :vocab]
         plain = llava(input_ids=ids, pixel_values=pixels).logits[..., :vocab]
     assert (given - ours).abs().max().item() < 1e-4
