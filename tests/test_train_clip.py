@@ -305,3 +305,18 @@ def test_probe_reads_colour_off_a_tower_on_seen_and_held_out_pairs(tmp_path: Pat
     counts = probe_counts(tower, preprocess, tmp_path, vision.feature_layer, 48, 24)
     assert set(counts) == {"mean", "cls", "patch_0", "patch_7", "patch_15"}  # the tiny tower's 4x4 patches
     assert all(0 <= v <= 1 for v in counts.values())
+
+
+def test_recolor_until_ends_repainting_after_its_fraction_of_the_steps(tmp_path: Path) -> None:
+    from mllm.errors import MllmError
+    from train.clip import repaints
+    from train.config import load_train_config
+
+    data = make_data(tmp_path / "data", num_images=4)
+    path = write_clip_config(tmp_path / "clip.yaml", data, tmp_path / "run", {"recolor_prob": 0.5})
+    config = load_train_config(path, ["max_steps=10", "clip.recolor_until=0.4"])
+    assert [repaints(config, step) for step in range(1, 11)] == [True] * 4 + [False] * 6
+    assert all(repaints(load_train_config(path, ["max_steps=10"]), step) for step in range(1, 11))
+    assert not any(repaints(load_train_config(path, ["clip.recolor_prob=0"]), step) for step in range(1, 11))
+    with pytest.raises(MllmError, match="clip.yaml: field clip.recolor_until: must be in \\[0, 1\\], got 1.5"):
+        load_train_config(path, ["clip.recolor_until=1.5"])

@@ -147,6 +147,12 @@ def evaluate_clip(
     }
 
 
+def repaints(config: TrainConfig, step: int) -> bool:
+    """Whether the batches of `step` (1-based) repaint objects off-palette: `clip.recolor_prob` above 0 and the
+    step within the first `clip.recolor_until` of `max_steps`."""
+    return config.clip.recolor_prob > 0 and step <= config.clip.recolor_until * config.max_steps
+
+
 def save_towers(model: ClipWithAux, vocab: CompactVocab, out: Path) -> None:
     """`vision/` (CLIPVisionModel) and `clip/` (CLIPModel + its compact vocabulary), each written to a temporary
     folder and renamed into place."""
@@ -245,7 +251,7 @@ def train_clip(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
                 order = list(range(len(samples)))
                 rng.shuffle(order)
             picked = [samples[order.pop()] for _ in range(config.micro_batch_size)]
-            if config.clip.recolor_prob > 0:
+            if repaints(config, step):
                 picked = [
                     recolor(s, recolor_rng, config.clip.recolor_prob, preprocess, encode) for s in picked
                 ]

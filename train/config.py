@@ -70,6 +70,8 @@ class ClipConfig:
     projection_dim: int = 256
     aux_weight: float = 1.0  # weight of the per-cell attribute loss (0 = contrastive only)
     recolor_prob: float = 0.0  # chance that a training object is repainted off-palette (train/clip_data.py)
+    # the fraction of max_steps (from the start) that repaints; the steps after it see only palette colours
+    recolor_until: float = 1.0
     # > 0: every patch also predicts the image's counts, not only the mean patch feature, at this weight of the
     # per-patch count loss (train/clip_aux.py)
     patch_counts: float = 0.0
@@ -159,6 +161,10 @@ class TrainConfig:
         if not 0 <= self.clip.recolor_prob <= 1:
             raise MllmError(
                 f"{where}: field clip.recolor_prob: must be in [0, 1], got {self.clip.recolor_prob}"
+            )
+        if not 0 <= self.clip.recolor_until <= 1:
+            raise MllmError(
+                f"{where}: field clip.recolor_until: must be in [0, 1], got {self.clip.recolor_until}"
             )
 
 
