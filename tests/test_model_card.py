@@ -47,3 +47,14 @@ def test_card_reads_the_run(tmp_path: Path) -> None:
 def test_card_without_anchor_says_nothing_of_it(tmp_path: Path) -> None:
     card = render(_release(tmp_path, text_anchor=0.0), ablation=None, notes=None)
     assert "KL" not in card
+
+
+def test_card_counts_the_released_image_tokens(tmp_path: Path) -> None:
+    release = _release(tmp_path, text_anchor=0.0)
+    assert "a 6x6 grid, 36 image tokens;" in render(release, ablation=None, notes=None)
+    final = release / "instruct" / "final"
+    final.mkdir()
+    config = {"vision": {"feature_select": "full"}, "image_position_step": 8}
+    (final / "mllm.json").write_text(json.dumps({"num_image_tokens": 37, "config": config}))
+    card = render(release, ablation=None, notes=None)
+    assert "a 6x6 grid, 37 image tokens (the class token and the 36 patches), 8 rotary positions apart;" in card

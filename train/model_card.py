@@ -97,6 +97,23 @@ def _weighting(synth: dict[str, Any]) -> str:
     return f", {'; '.join(parts)}" if parts else ""
 
 
+def _image_tokens(release: Path) -> str:
+    """'36 image tokens' (the 6x6 patch grid), or with the class token and a position step, as the released
+    checkpoint's mllm.json says; the 6x6 default when the run has no final checkpoint."""
+    meta_file = release / "instruct" / "final" / "mllm.json"
+    if not meta_file.is_file():
+        return "36 image tokens"
+    meta = json.loads(meta_file.read_text())
+    config = meta["config"]
+    text = f"{meta['num_image_tokens']} image tokens"
+    if config["vision"].get("feature_select") == "full":
+        text += " (the class token and the 36 patches)"
+    step = config.get("image_position_step", 1)
+    if step != 1:
+        text += f", {step} rotary positions apart"
+    return text
+
+
 def render(release: Path, ablation: Path | None, notes: Path | None = None) -> str:
     report = json.loads((release / "release.json").read_text())
     evals = report.get("eval", {})
@@ -109,7 +126,7 @@ def render(release: Path, ablation: Path | None, notes: Path | None = None) -> s
         "",
         "A LLaVA-style assistant for the synthetic **shapes world** (coloured circles, squares, triangles, stars and "
         "diamonds on plain backgrounds): our own small CLIP vision tower (96 px images, 16 px patches: a 6x6 grid, "
-        "36 image tokens; 4 layers, hidden 256), an `mlp2x_gelu` projector and SmolLM2-135M-Instruct with a LoRA "
+        f"{_image_tokens(release)}; 4 layers, hidden 256), an `mlp2x_gelu` projector and SmolLM2-135M-Instruct with a LoRA "
         "adapter (r 16, all linear layers). It answers questions about colour, shape, count, existence, position "
         "and size of the objects, describes images, and keeps SmolLM2's general text chat. It knows nothing about "
         "photographs or any image outside the shapes world.",
