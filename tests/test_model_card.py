@@ -57,4 +57,6 @@ def test_card_counts_the_released_image_tokens(tmp_path: Path) -> None:
     config = {"vision": {"feature_select": "full"}, "image_position_step": 8}
     (final / "mllm.json").write_text(json.dumps({"num_image_tokens": 37, "config": config}))
     card = render(release, ablation=None, notes=None)
-    assert "a 6x6 grid, 37 image tokens (the class token and the 36 patches), 8 rotary positions apart;" in card
+    assert (
+        "a 6x6 grid, 37 image tokens (the class token and the 36 patches), 8 rotary positions apart;" in card
+    )
