@@ -105,9 +105,10 @@ def _image_tokens(release: Path) -> str:
         return "36 image tokens"
     meta = json.loads(meta_file.read_text())
     config = meta["config"]
-    text = f"{meta['num_image_tokens']} image tokens"
+    count = meta["num_image_tokens"]
+    text = f"{count} image tokens"
     if config["vision"].get("feature_select") == "full":
-        text += " (the class token and the 36 patches)"
+        text += f" (the class token and the {count - 1} patches)"
     step = config.get("image_position_step", 1)
     if step != 1:
         text += f", {step} rotary positions apart"
