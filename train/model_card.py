@@ -156,7 +156,8 @@ def render(release: Path, ablation: Path | None, notes: Path | None = None) -> s
         "## Results (normalized exact match, greedy decoding)",
         "",
         "`weights` is the inference precision of the LLM's linear layers: what `mllm.load` uses by default on "
-        "the CPU that ran the evaluation (mllm/quantize.py: fp16 weights, or bf16 matmuls on CPUs with AMX); "
+        "the CPU that ran the evaluation for batched questions (mllm/quantize.py: bf16 matmuls on CPUs with "
+        "AMX or AVX-512 BF16, fp16 weights elsewhere; one conversation uses bf16 only with AMX); "
         "the test split is also answered at fp32 to show the reduced precision keeps the accuracy.",
         "",
         *_vqa_table(evals),
