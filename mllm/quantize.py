@@ -9,8 +9,8 @@
 - `int8`: the same layers as torch's dynamically quantized int8 Linear (int8 weights with one scale per output
   channel, activations quantized per call): a quarter of the weight bytes, but the activation scale is shared
   by a whole batch, so batched answers can differ from single ones, and replies differ more from fp32. On
-  the shipped 135M assistant it costs too much: 77.5% on the shapes test split against 91.2% at fp16
-  (batch 1), so it is opt-in and logs a warning; larger LLMs tolerate activation quantization better.
+  the 135M assistant it costs too much (release7, the default before release32: 77.5% on the shapes test split
+  against 91.2% at fp16, batch 1), so it is opt-in and logs a warning; larger LLMs tolerate activation quantization better.
 - `bf16`: the decoder layers' linear layers on oneDNN's prepacked bf16 kernels (mllm.bf16_linear): inputs and
   outputs of each matmul are rounded to bf16, the residual stream stays fp32. On CPUs with AMX tiles a prompt's
   prefill and a batch's steps run several times faster than at fp16; a single decode step reads the same bytes.
@@ -188,8 +188,8 @@ def _int8(model: MultimodalModel) -> MultimodalModel:
     if model.device.type == "cuda":
         raise MllmError("precision int8 runs on a CPU; on a GPU load the LLM in 8-bit (--load-8bit) instead")
     log.warning(
-        "precision int8 quantizes activations too: answers can change a lot (the shipped assistant drops "
-        "from 91.2% to 77.5% on the shapes test split); fp16 keeps them"
+        "precision int8 quantizes activations too: answers can change a lot (an earlier shipped assistant "
+        "dropped from 91.2% to 77.5% on the shapes test split); fp16 keeps them"
     )
     return _dynamic(model, torch.qint8)
 
