@@ -10,7 +10,8 @@
   channel, activations quantized per call): a quarter of the weight bytes, but the activation scale is shared
   by a whole batch, so batched answers can differ from single ones, and replies differ more from fp32. On
   the 135M assistant it costs too much (release7, the default before release32: 77.5% on the shapes test split
-  against 91.2% at fp16, batch 1), so it is opt-in and logs a warning; larger LLMs tolerate activation quantization better.
+  against 91.2% at fp16, batch 1), so it is opt-in and logs a warning; larger LLMs tolerate activation
+  quantization better.
 - `bf16`: the decoder layers' linear layers on oneDNN's prepacked bf16 kernels (mllm.bf16_linear): inputs and
   outputs of each matmul are rounded to bf16, the residual stream stays fp32. On CPUs with AMX tiles a prompt's
   prefill and a batch's steps run several times faster than at fp16; a single decode step reads the same bytes.

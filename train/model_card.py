@@ -127,8 +127,8 @@ def render(release: Path, ablation: Path | None, notes: Path | None = None) -> s
         "",
         "A LLaVA-style assistant for the synthetic **shapes world** (coloured circles, squares, triangles, stars and "
         "diamonds on plain backgrounds): our own small CLIP vision tower (96 px images, 16 px patches: a 6x6 grid, "
-        f"{_image_tokens(release)}; 4 layers, hidden 256), an `mlp2x_gelu` projector and SmolLM2-135M-Instruct with a LoRA "
-        "adapter (r 16, all linear layers). It answers questions about colour, shape, count, existence, position "
+        f"{_image_tokens(release)}; 4 layers, hidden 256), an `mlp2x_gelu` projector and SmolLM2-135M-Instruct "
+        "with a LoRA adapter (r 16, all linear layers). It answers questions about colour, shape, count, existence, position "
         "and size of the objects, describes images, and keeps SmolLM2's general text chat. It knows nothing about "
         "photographs or any image outside the shapes world.",
         "",
