@@ -52,6 +52,7 @@ class ProjectorConfig:
     qformer_hidden_size: int = 256
     qformer_num_layers: int = 2
     qformer_num_heads: int = 4
+    class_tokens: int = 1  # > 1: the class token (feature_select: full) becomes this many tokens, its own MLP
     init_seed: int = 0
 
 

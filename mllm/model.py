@@ -89,7 +89,12 @@ class MultimodalModel(nn.Module):
             llm = apply_lora(llm, config.lora)
         vision = VisionTower(config.vision)
         embeddings = llm.get_input_embeddings()
-        projector = build_projector(config.projector, vision.hidden_size, embeddings.embedding_dim)
+        projector = build_projector(
+            config.projector,
+            vision.hidden_size,
+            embeddings.embedding_dim,
+            class_token=vision.num_features > vision.num_patches,
+        )
         # the image path goes where the LLM is (a quantized LLM without a device is placed by bitsandbytes)
         vision.to(embeddings.weight.device)
         projector.to(embeddings.weight.device)

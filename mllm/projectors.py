@@ -2,6 +2,10 @@
 
 Picked by exact name from PROJECTORS: `linear`, `mlp2x_gelu` (LLaVA-1.5) and `qformer` (transformers'
 Blip2QFormerModel reading the patches through N learned query tokens).
+
+With `class_tokens: K` > 1 (linear and mlp2x_gelu, on a tower that keeps its class token first) the class token
+gets its own MLP that makes K LLM tokens of it, so that the LLM can attend to parts of the image-level summary
+separately; the patches go through the projector as before.
 """
 
 from __future__ import annotations
@@ -13,21 +17,41 @@ from torch import nn
 from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
 from mllm.config import ProjectorConfig
+from mllm.errors import MllmError
 from mllm.registry import Registry
 
 
 class Projector(nn.Module):
-    """Base class: maps [B, P, vision_dim] to [B, num_tokens(P), llm_dim]."""
+    """Base class: maps [B, P, vision_dim] to [B, num_tokens(P), llm_dim]. Subclasses implement `project`
+    (every feature); with `config.class_tokens` > 1 the first feature (the class token) instead becomes that many
+    tokens through `class_head`."""
 
     def __init__(self, config: ProjectorConfig, vision_dim: int, llm_dim: int) -> None:
         super().__init__()
         self.config = config
         self.vision_dim = vision_dim
         self.llm_dim = llm_dim
+        self.class_head: nn.Sequential | None = None
+        if config.class_tokens > 1:
+            self.class_head = nn.Sequential(
+                nn.Linear(vision_dim, llm_dim), nn.GELU(), nn.Linear(llm_dim, config.class_tokens * llm_dim)
+            )
 
     def num_tokens(self, num_patches: int) -> int:
-        """How many LLM tokens one image becomes."""
-        return num_patches
+        """How many LLM tokens one image of `num_patches` features (the class token included) becomes."""
+        if self.class_head is None:
+            return num_patches
+        return num_patches - 1 + self.config.class_tokens
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """[B, P, vision_dim] -> [B, P, llm_dim]."""
+        raise NotImplementedError
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.class_head is None:
+            return self.project(features)
+        head = self.class_head(features[:, 0]).view(features.shape[0], self.config.class_tokens, self.llm_dim)
+        return torch.cat([head, self.project(features[:, 1:])], dim=1)
 
 
 ProjectorFactory = Callable[[ProjectorConfig, int, int], Projector]
@@ -42,7 +66,7 @@ class LinearProjector(Projector):
         super().__init__(config, vision_dim, llm_dim)
         self.proj = nn.Linear(vision_dim, llm_dim)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def project(self, features: torch.Tensor) -> torch.Tensor:
         return self.proj(features)
 
 
@@ -56,7 +80,7 @@ class MLPProjector(Projector):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(llm_dim, llm_dim)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def project(self, features: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(features)))
 
 
@@ -65,6 +89,11 @@ class QFormerProjector(Projector):
     """BLIP-2 Q-Former: N learned queries cross-attend to the patches, then a linear map to the LLM width."""
 
     def __init__(self, config: ProjectorConfig, vision_dim: int, llm_dim: int) -> None:
+        if config.class_tokens > 1:
+            raise MllmError(
+                f"projector: field class_tokens: {config.class_tokens} is for linear and mlp2x_gelu; the qformer "
+                "reads the class token with the patches (set class_tokens: 1)"
+            )
         super().__init__(config, vision_dim, llm_dim)
         qconfig = Blip2QFormerConfig(
             hidden_size=config.qformer_hidden_size,
@@ -83,14 +112,24 @@ class QFormerProjector(Projector):
     def num_tokens(self, num_patches: int) -> int:
         return self.config.num_query_tokens
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def project(self, features: torch.Tensor) -> torch.Tensor:
         queries = self.query_tokens.expand(features.shape[0], -1, -1).to(features.dtype)
         out = self.qformer(query_embeds=queries, encoder_hidden_states=features)
         return self.proj(out.last_hidden_state)
 
 
-def build_projector(config: ProjectorConfig, vision_dim: int, llm_dim: int) -> Projector:
-    """The registered projector `config.type`, initialised from `config.init_seed`."""
+def build_projector(
+    config: ProjectorConfig, vision_dim: int, llm_dim: int, class_token: bool = False
+) -> Projector:
+    """The registered projector `config.type`, initialised from `config.init_seed`. `class_token`: the features
+    start with the tower's class token (required by `config.class_tokens` > 1)."""
+    if config.class_tokens < 1:
+        raise MllmError(f"projector: field class_tokens: {config.class_tokens}: expected 1 or more")
+    if config.class_tokens > 1 and not class_token:
+        raise MllmError(
+            f"projector: field class_tokens: {config.class_tokens} needs the tower's class token among the "
+            "features: a CLIP tower with vision.feature_select: full"
+        )
     factory = PROJECTORS.get(config.type)
     with torch.random.fork_rng():
         torch.manual_seed(config.init_seed)

@@ -134,6 +134,11 @@ def build_llava(model: MultimodalModel) -> tuple[LlavaForConditionalGeneration, 
             f"projector {ptype!r} has no transformers LLaVA equivalent; hf-llava export supports "
             "linear and mlp2x_gelu (use --format merged)"
         )
+    if model.config.projector.class_tokens > 1:
+        raise MllmError(
+            f"projector class_tokens {model.config.projector.class_tokens}: transformers' LLaVA maps every vision "
+            "feature to one token, so a class token made into several has no equivalent (use --format merged)"
+        )
     if isinstance(model.llm, PeftModel):
         raise ValueError("merge the LoRA adapters first (mllm.assistant.merge_for_inference)")
     tokenizer = model.tokenizer

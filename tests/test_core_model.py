@@ -129,3 +129,42 @@ def test_feature_select_full_keeps_the_class_token(tiny_config):
     tiny_config.vision.feature_select = "cls"
     with pytest.raises(ValueError, match="feature_select 'cls'"):
         MultimodalModel.build(tiny_config)
+
+
+def test_class_tokens_give_the_class_token_its_own_tokens(tiny_config, tmp_path):
+    """`projector.class_tokens: 3` makes the class token three LLM tokens through its own MLP: the patches'
+    tokens stay what the shared projector makes of them, prompts get 2 more placeholders, gradients reach the
+    class head, and a checkpoint round trip keeps the logits; without a kept class token it is refused."""
+    from mllm.checkpoint import load_checkpoint, save_checkpoint
+
+    tiny_config.vision.feature_select = "full"
+    plain = MultimodalModel.build(tiny_config)
+    tiny_config.projector.class_tokens = 3
+    model = MultimodalModel.build(tiny_config)
+    assert model.num_image_tokens == 19 and plain.num_image_tokens == 17
+    pixels = torch.randn(2, 3, 32, 32)
+    out = model.image_features(pixels)
+    assert out.shape == (2, 19, plain.image_features(pixels).shape[-1])
+    features = model.vision(pixels)
+    torch.testing.assert_close(out[:, 3:], model.projector.project(features[:, 1:]))
+    assert not torch.allclose(out[:, 0], out[:, 1])
+    ids = prompt_ids(model, 1)
+    assert int((ids == model.image_token_id).sum()) == 19
+    model.set_trainable(projector=True, lora=False)
+    labels = ids.masked_fill(ids == model.image_token_id, -100)
+    model(input_ids=ids, pixel_values=pixels[:1], labels=labels).loss.backward()
+    assert model.projector.class_head[0].weight.grad.abs().sum() > 0
+    save_checkpoint(model, tmp_path / "ckpt")
+    again = load_checkpoint(tmp_path / "ckpt")
+    with torch.no_grad():
+        torch.testing.assert_close(
+            again(input_ids=ids, pixel_values=pixels[:1]).logits,
+            model(input_ids=ids, pixel_values=pixels[:1]).logits,
+        )
+    tiny_config.vision.feature_select = "default"
+    with pytest.raises(MllmError, match="class_tokens: 3 needs the tower's class token"):
+        MultimodalModel.build(tiny_config)
+    tiny_config.vision.feature_select = "full"
+    tiny_config.projector.type = "qformer"
+    with pytest.raises(MllmError, match="class_tokens: 3 is for linear and mlp2x_gelu"):
+        MultimodalModel.build(tiny_config)

@@ -124,6 +124,12 @@ def test_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         main(["export", "--model", str(qformer), "--format", "hf-llava", "--out", str(tmp_path / "q")]) == 1
     )
     assert "qformer" in capsys.readouterr().err
+    config = TINY.read_text().replace("type: mlp2x_gelu", "type: mlp2x_gelu\n  class_tokens: 4")
+    classy = tmp_path / "classy.yaml"
+    classy.write_text(config.replace("vision:\n", "vision:\n  feature_select: full\n", 1))
+    assert main(["export", "--model", str(classy), "--format", "hf-llava", "--out", str(tmp_path / "c")]) == 1
+    assert "class_tokens 4" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("x")

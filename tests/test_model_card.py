@@ -60,3 +60,10 @@ def test_card_counts_the_released_image_tokens(tmp_path: Path) -> None:
     assert (
         "a 6x6 grid, 37 image tokens (the class token and the 36 patches), 8 rotary positions apart;" in card
     )
+    config["projector"] = {"type": "mlp2x_gelu", "class_tokens": 8}
+    (final / "mllm.json").write_text(json.dumps({"num_image_tokens": 44, "config": config}))
+    card = render(release, ablation=None, notes=None)
+    assert (
+        "44 image tokens (8 made of the class token by its own MLP, and the 36 patches), 8 rotary positions apart;"
+        in card
+    )
