@@ -99,6 +99,7 @@ def _synth(args: argparse.Namespace) -> int:
         max_turns=args.max_turns,
         text_fraction=args.text_fraction,
         turn_weights=dict(args.turn_weight),
+        count_repeated=args.count_repeated,
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
@@ -301,6 +302,14 @@ def _add_synth(sub: Any) -> None:
         metavar="TYPE=W",
         help="how often instruction turns are of TYPE (color, shape, count, exist, position, size, describe) "
         "relative to the others, which weigh 1; repeat for several types",
+    )
+    p.add_argument(
+        "--count-repeated",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="chance that an instruction turn counting one colour or shape asks about one the image holds more "
+        "than once (default 0: any colour or shape, so nearly all such answers are 0 or 1); VQA files unchanged",
     )
     p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")

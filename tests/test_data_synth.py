@@ -403,3 +403,45 @@ def test_refuses_non_empty_folder_and_bad_settings(tmp_path: Path) -> None:
         _synth(tmp_path / "z", 3, seed=0, turn_weights={"where": 2.0})
     with pytest.raises(MllmError, match="--turn-weight count=0: the weight must be positive"):
         _synth(tmp_path / "z", 3, seed=0, turn_weights={"count": 0})
+
+
+def _kind_counts(out: Path) -> list[tuple[int, bool]]:
+    """(gold count, whether the scene holds that question's kind more than once) of every instruction turn
+    that counts one colour or one shape, recomputed from the scenes."""
+    scenes = {s["image"]: s for s in _jsonl(out / "scenes.jsonl")}
+    rows = []
+    for record in json.loads((out / "instruct.json").read_text()):
+        if "image" not in record:
+            continue
+        objects = scenes[record["image"]]["objects"]
+        for human in record["conversations"][::2]:
+            question = human["value"].replace("<image>", "").strip()
+            if _asks_for_description(question) or _question_type(question) != "count":
+                continue
+            colors, shapes, _ = _mentions(question.replace(SUFFIX, ""))
+            key, value = ("shape", shapes[0]) if shapes else ("color", colors[0]) if colors else (None, None)
+            if key is None:
+                continue
+            tally = Counter(o[key] for o in objects)
+            rows.append((tally[value], max(tally.values()) > 1))
+    return rows
+
+
+def test_count_repeated_asks_about_colours_and_shapes_seen_more_than_once(tmp_path: Path) -> None:
+    natural = _kind_counts(_synth(tmp_path / "natural", 150, seed=3))
+    always = _kind_counts(_synth(tmp_path / "always", 150, seed=3, count_repeated=1.0))
+    # at 1.0 every such turn about a scene with a repeated colour / shape asks about one of those
+    assert all(n >= 2 for n, repeated in always if repeated)
+    many = {
+        name: sum(n >= 2 for n, _ in rows) / len(rows)
+        for name, rows in (("natural", natural), ("always", always))
+    }
+    assert many["natural"] < 0.2 and many["always"] > 2 * many["natural"], many
+    for name in ("scenes.jsonl", "vqa_questions.jsonl", "vqa_answers.jsonl", "align.json"):
+        assert (tmp_path / "natural" / name).read_bytes() == (tmp_path / "always" / name).read_bytes()
+    assert json.loads((tmp_path / "always" / "synth.json").read_text())["count_repeated"] == 1.0
+    # 0 draws nothing extra: the same bytes as before the option existed
+    zero = _synth(tmp_path / "zero", 150, seed=3, count_repeated=0.0)
+    assert (zero / "instruct.json").read_bytes() == (tmp_path / "natural" / "instruct.json").read_bytes()
+    with pytest.raises(MllmError, match=r"--count-repeated 1.5: must be in \[0, 1\]"):
+        _synth(tmp_path / "z", 3, seed=0, count_repeated=1.5)

@@ -201,9 +201,12 @@ def make_question(
     phrasing: str = "train",
     exist_pairs: Sequence[tuple[str, str]] = (),
     focus: Sequence[tuple[str, str]] = (),
+    count_repeated: float = 0.0,
 ) -> Question:
     """A question of `qtype` (one of `available_types(scene)`). Exist questions pick their absent pair from
-    `exist_pairs`; targets in `focus` (colour, shape) are preferred when the scene has them."""
+    `exist_pairs`; targets in `focus` (colour, shape) are preferred when the scene has them. A count question of
+    one colour or shape asks, with probability `count_repeated`, about one the scene holds more than once (when
+    it holds one); otherwise about any colour or shape, so that most such answers are 0 or 1."""
     if phrasing not in TEMPLATES:
         raise ValueError(f"unknown phrasing {phrasing!r}; valid: {', '.join(PHRASINGS)}")
     objs = scene.objects
@@ -226,7 +229,7 @@ def make_question(
             )
         return Question(qtype, text, obj.size, f"The {obj.color} {obj.shape} is {obj.size}.")
     if qtype == "count":
-        return _count_question(scene, rng, phrasing)
+        return _count_question(scene, rng, phrasing, count_repeated)
     if qtype == "exist":
         present = sorted({(o.color, o.shape) for o in objs})
         absent = [p for p in exist_pairs if p not in present]
@@ -243,16 +246,30 @@ def make_question(
     raise ValueError(f"unknown question type {qtype!r}; valid: {', '.join(QUESTION_TYPES)}")
 
 
-def _count_question(scene: Scene, rng: random.Random, phrasing: str) -> Question:
+def _repeated(scene: Scene, key: str) -> list[str]:
+    """The values of `key` ("color" or "shape") that more than one object of the scene has, sorted."""
+    values = Counter(getattr(o, key) for o in scene.objects)
+    return sorted(v for v, n in values.items() if n > 1)
+
+
+def _count_target(scene: Scene, rng: random.Random, key: str, choices: Sequence[str], repeated: float) -> str:
+    """What a count question of one colour or shape asks about (see make_question's `count_repeated`); no
+    extra random draw when `repeated` is 0, so such data stays what it was."""
+    if repeated > 0 and rng.random() < repeated and (several := _repeated(scene, key)):
+        return rng.choice(several)
+    return rng.choice(tuple(choices))
+
+
+def _count_question(scene: Scene, rng: random.Random, phrasing: str, repeated: float = 0.0) -> Question:
     kind = rng.choice(("count_shape", "count_color", "count_all"))
     template = _template(rng, phrasing, kind)
     if kind == "count_shape":
-        shape = rng.choice(SHAPES)
+        shape = _count_target(scene, rng, "shape", SHAPES, repeated)
         n = sum(o.shape == shape for o in scene.objects)
         text = template.format(shape=shape, shapes=plural(shape))
         noun = shape if n == 1 else plural(shape)
     elif kind == "count_color":
-        color = rng.choice(tuple(COLORS))
+        color = _count_target(scene, rng, "color", tuple(COLORS), repeated)
         n = sum(o.color == color for o in scene.objects)
         text = template.format(color=color)
         noun = f"{color} object" + ("" if n == 1 else "s")

@@ -75,6 +75,9 @@ class SynthConfig:
     max_turns: int = 5
     text_fraction: float = 0.1
     turn_weights: Mapping[str, float] = field(default_factory=dict)
+    # instruction turns only (the VQA files keep the natural mix): the chance that a count turn of one colour or
+    # shape asks about one the image holds more than once; at 0 nearly all such answers are 0 or 1
+    count_repeated: float = 0.0
     overwrite: bool = False
     progress: bool = True
 
@@ -97,6 +100,8 @@ class SynthConfig:
                 raise MllmError(f"--turn-weight {kind}={weight}: valid types are {', '.join(TURN_TYPES)}")
             if not weight > 0:
                 raise MllmError(f"--turn-weight {kind}={weight}: the weight must be positive")
+        if not 0 <= self.count_repeated <= 1:
+            raise MllmError(f"--count-repeated {self.count_repeated}: must be in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -136,10 +141,12 @@ def instruct_turns(
     split: str,
     max_turns: int = 5,
     weights: Mapping[str, float] | None = None,
+    count_repeated: float = 0.0,
 ) -> list[QA]:
     """1 to `max_turns` distinct question/answer turns: typed questions (a short answer when the question asks
     for one, else a sentence) and at most one detailed description; each turn's type is drawn from those the
-    scene can answer, in proportion to `weights` (1 for a type not named)."""
+    scene can answer, in proportion to `weights` (1 for a type not named); `count_repeated`: see
+    make_question."""
     weights = weights or {}
     types = [*available_types(scene), "describe"]
     turns: list[QA] = []
@@ -149,7 +156,9 @@ def instruct_turns(
             types.remove("describe")
             question, answer = rng.choice(DESCRIBE_PROMPTS), description(scene)
         else:
-            q = make_question(qtype, scene, rng, "train", exist_pairs(split), focus_pairs(split))
+            q = make_question(
+                qtype, scene, rng, "train", exist_pairs(split), focus_pairs(split), count_repeated
+            )
             if rng.random() < 0.5:
                 question, answer = f"{q.text}\n{SHORT_ANSWER_SUFFIX}", q.short
             else:
@@ -257,7 +266,9 @@ def synthesize(cfg: SynthConfig) -> SynthSummary:
             caption_turn = (align_rng.choice(CAPTION_PROMPTS), scene_caption)
             align.write(make_record(tag, [name], [caption_turn], image_first=align_rng.random() < 0.9))
             chat_rng = rng_for(cfg.split, cfg.seed, index, "instruct")
-            turns = instruct_turns(scene, chat_rng, cfg.split, cfg.max_turns, cfg.turn_weights)
+            turns = instruct_turns(
+                scene, chat_rng, cfg.split, cfg.max_turns, cfg.turn_weights, cfg.count_repeated
+            )
             instruct.write(make_record(tag, [name], turns, image_first=chat_rng.random() < 0.9))
             for question_row, answer_row in vqa_rows(
                 scene, rng_for(cfg.split, cfg.seed, index, "vqa"), cfg, tag
@@ -292,6 +303,7 @@ def _write_metadata(cfg: SynthConfig) -> None:
         "text_fraction": cfg.text_fraction,
         "max_turns": cfg.max_turns,
         "turn_weights": {t: cfg.turn_weights.get(t, 1.0) for t in TURN_TYPES},
+        "count_repeated": cfg.count_repeated,
         "held_out_pairs": [list(p) for p in HELD_OUT_PAIRS],
         "notes": "train and test exclude the held-out (color, shape) pairs and never share a scene (a hash of "
         "the scene content decides which of the two may hold it); every compositional image holds at "
