@@ -44,7 +44,7 @@ class Projector(nn.Module):
         return num_patches - 1 + self.config.class_tokens
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
-        """[B, P, vision_dim] -> [B, P, llm_dim]."""
+        """[B, P, vision_dim] -> [B, N, llm_dim]: one token per feature, or the qformer's N queries."""
         raise NotImplementedError
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
