@@ -186,6 +186,15 @@ def load_model_config(path: str | Path) -> ModelConfig:
         )
     if config.image_position_step < 0:
         raise MllmError(f"{path}: field image_position_step: {config.image_position_step} is negative")
+    if config.projector.class_tokens < 1:
+        raise MllmError(
+            f"{path}: projector: field class_tokens: {config.projector.class_tokens}: expected 1 or more"
+        )
+    if config.projector.class_tokens > 1 and config.vision.feature_select != "full":
+        raise MllmError(
+            f"{path}: projector: field class_tokens: {config.projector.class_tokens} needs the class token among "
+            "the features (vision: feature_select: full)"
+        )
     return resolve_paths(config, path.parent)
 
 

@@ -36,6 +36,12 @@ def test_unknown_field_and_wrong_type(tmp_path):
         MllmError, match="bad.yaml: vision: field feature_select: 'cls' is not one of default, full"
     ):
         load_model_config(path)
+    path.write_text("projector:\n  class_tokens: 0\n")
+    with pytest.raises(MllmError, match="bad.yaml: projector: field class_tokens: 0: expected 1 or more"):
+        load_model_config(path)
+    path.write_text("projector:\n  class_tokens: 4\n")
+    with pytest.raises(MllmError, match="bad.yaml: projector: field class_tokens: 4 needs the class token"):
+        load_model_config(path)
     path.write_text("llm: [unclosed\n")
     with pytest.raises(MllmError, match="bad.yaml: invalid YAML"):
         load_model_config(path)
