@@ -107,11 +107,14 @@ def _image_tokens(release: Path) -> str:
     config = meta["config"]
     count = meta["num_image_tokens"]
     text = f"{count} image tokens"
-    class_tokens = config.get("projector", {}).get("class_tokens", 1)
-    if config["vision"].get("feature_select") == "full" and class_tokens > 1:
-        text += f" ({class_tokens} made of the class token by its own MLP, and the {count - class_tokens} patches)"
-    elif config["vision"].get("feature_select") == "full":
-        text += f" (the class token and the {count - 1} patches)"
+    if config["vision"].get("feature_select") == "full":
+        class_tokens = config.get("projector", {}).get("class_tokens", 1)
+        made = (
+            f"{class_tokens} made of the class token by its own MLP,"
+            if class_tokens > 1
+            else "the class token"
+        )
+        text += f" ({made} and the {count - class_tokens} patches)"
     step = config.get("image_position_step", 1)
     if step != 1:
         text += f", {step} rotary positions apart"
