@@ -148,6 +148,32 @@ def test_object_counts_add_the_count_loss_of_object_patches_only() -> None:
     assert float(expected) > 0.5
 
 
+def test_object_count_keys_train_only_the_chosen_counts() -> None:
+    """With `object_count_keys` ["color", "shape"] the object-count head predicts only those two of the object's
+    counts (its loss is against their columns), leaving the image-wide total to the other heads; an unknown key
+    is refused."""
+    from train.clip_aux import MAX_COUNT, OBJECT_COUNT_COLUMN, ClipWithAux
+
+    clip = tiny_clip()
+    model = ClipWithAux(clip, -2, object_counts=1.0, object_count_keys=["shape", "color"])
+    assert model.object_count_columns == [OBJECT_COUNT_COLUMN + 1, OBJECT_COUNT_COLUMN + 2]
+    batch = tiny_batch()
+    total, color = batch["cells"].clone(), batch["cells"].clone()
+    total[:, 0, OBJECT_COUNT_COLUMN] = 4  # the object's total count, which this head is not asked
+    color[:, 0, OBJECT_COUNT_COLUMN + 1] = 4  # the count of its colour, which it is
+    with torch.no_grad():
+        out = model(**batch, aux_weight=1.0)
+        patches = clip.vision_model(batch["pixel_values"], output_hidden_states=True).hidden_states[-2][:, 1:]
+        expected = model.object_count_head(patches).view(2, 4, 2, MAX_COUNT + 1)
+        changed_total = model(**{**batch, "cells": total}, aux_weight=1.0)
+        changed_color = model(**{**batch, "cells": color}, aux_weight=1.0)
+    torch.testing.assert_close(out["object_count_logits"], expected)
+    assert float(changed_total["aux"]) == pytest.approx(float(out["aux"]), rel=1e-6)
+    assert float(changed_color["aux"]) != pytest.approx(float(out["aux"]), rel=1e-3)
+    with pytest.raises(ValueError, match="object_count_keys"):
+        ClipWithAux(clip, -2, object_counts=1.0, object_count_keys=["size"])
+
+
 def test_image_heads_cls_read_the_class_token() -> None:
     """With `image_heads="cls"` the count and background heads read the feature layer's class token instead of
     the mean patch feature, so their loss trains that token; an unknown choice is refused."""
@@ -202,6 +228,7 @@ def test_clip_stage_saves_a_vision_tower_the_model_loads(
             "recolor_prob": 0.5,
             "patch_counts": patch_counts,
             "object_counts": object_counts,
+            "object_count_keys": ["color", "shape"] if object_counts else ["all", "color", "shape"],
             "image_heads": image_heads,
         },
         precision=precision,

@@ -33,6 +33,12 @@ def test_overrides_and_errors(tmp_path: Path) -> None:
         load_train_config(path, ["llm=half"])
     with pytest.raises(MllmError, match="field clip.image_heads: 'max' is not one of mean, cls"):
         load_train_config(path, ["clip.image_heads=max"])
+    with pytest.raises(MllmError, match=r"field clip.object_count_keys: \['size'\]: expected some of all, color"):
+        load_train_config(path, ["clip.object_count_keys=[size]"])
+    assert load_train_config(path, ["clip.object_count_keys=[color, shape]"]).clip.object_count_keys == [
+        "color",
+        "shape",
+    ]
     bad = tmp_path / "bad.yaml"
     bad.write_text("stage: align\n  model: [\n")
     with pytest.raises(MllmError, match="bad.yaml: invalid YAML"):

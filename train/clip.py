@@ -31,7 +31,7 @@ from mllm.config import ModelConfig, load_model_config
 from mllm.errors import MllmError
 from mllm.images import ImagePreprocessor
 from mllm.llm import load_tokenizer
-from train.clip_aux import IGNORE, OBJECT_COUNT_COLUMN, PATCH_GROUPS, ClipWithAux, region_targets
+from train.clip_aux import IGNORE, PATCH_GROUPS, ClipWithAux, region_targets
 from train.clip_data import EOS_ID, ClipSample, collate, load_samples, read_pairs, recolor
 from train.config import TrainConfig, save_train_config
 from train.engine import init_distributed, initialize
@@ -130,7 +130,7 @@ def evaluate_clip(
         regions_ok += int((out["region_logits"].argmax(-1) == region_targets(grid).to(weight.device)).sum())
         counts_total += batch["counts"].numel()
         if out["object_count_logits"] is not None:
-            targets = cells[..., OBJECT_COUNT_COLUMN:]
+            targets = cells[..., model.object_count_columns]
             known = targets != IGNORE
             object_counts_ok += int(((out["object_count_logits"].argmax(-1) == targets) & known).sum())
             object_counts_total += int(known.sum())
@@ -228,6 +228,7 @@ def train_clip(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
             config.clip.patch_counts,
             config.clip.object_counts,
             config.clip.image_heads,
+            config.clip.object_count_keys,
         )
     log.info(
         "clip: vision %s params, text %s params, %d pairs, %d eval pairs",

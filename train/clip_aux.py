@@ -28,7 +28,7 @@ from torch import nn
 from transformers import CLIPModel
 
 from data_tools.synth.world import BACKGROUNDS, COLORS, MAX_OBJECTS, POSITIONS, SHAPES, SIZES
-from train.config import IMAGE_HEADS
+from train.config import IMAGE_HEADS, OBJECT_COUNT_KEYS
 
 IGNORE = -100  # attribute target of a patch without an object center (cross_entropy's ignore_index)
 # Per-patch labels of the object centered there, one categorical group per attribute (factorized, so a held-out
@@ -36,8 +36,8 @@ IGNORE = -100  # attribute target of a patch without an object center (cross_ent
 PATCH_GROUPS: dict[str, tuple[str, ...]] = {"color": tuple(COLORS), "shape": SHAPES, "size": SIZES}
 # Per-image counts predicted from the mean patch feature: all objects, each colour, each shape.
 COUNT_KEYS: tuple[str, ...] = ("all", *COLORS, *SHAPES)
-# Per-patch counts of the object centered there (`object_counts`): all objects, those of its colour, of its shape.
-OBJECT_COUNT_KEYS: tuple[str, ...] = ("all", "color", "shape")
+# Per-patch counts of the object centered there (`object_counts`): all objects, those of its colour, of its shape
+# (OBJECT_COUNT_KEYS, in that order in `cell_targets`' columns; `object_count_keys` picks which are trained).
 OBJECT_COUNT_COLUMN = 1 + len(PATCH_GROUPS)  # where they start in `cell_targets`' columns
 MAX_COUNT = MAX_OBJECTS
 BACKGROUND_INDEX = {b: i for i, b in enumerate(BACKGROUNDS)}
@@ -93,7 +93,7 @@ class ClipWithAux(nn.Module):
     """CLIPModel plus the auxiliary heads on layer `feature_layer`: per-patch attributes, background and counts
     from the mean patch feature (with `image_heads="cls"` from the class token instead), with `patch_counts` > 0
     the counts from every patch as well (that weight), and with `object_counts` > 0 the counts of each object's
-    kind from the patch holding its center (that weight)."""
+    kind from the patch holding its center (that weight; `object_count_keys` of OBJECT_COUNT_KEYS)."""
 
     def __init__(
         self,
@@ -102,6 +102,7 @@ class ClipWithAux(nn.Module):
         patch_counts: float = 0.0,
         object_counts: float = 0.0,
         image_heads: str = "mean",
+        object_count_keys: Sequence[str] = OBJECT_COUNT_KEYS,
     ) -> None:
         super().__init__()
         if image_heads not in IMAGE_HEADS:
@@ -109,6 +110,13 @@ class ClipWithAux(nn.Module):
         self.image_heads = image_heads
         self.patch_counts = patch_counts
         self.object_counts = object_counts
+        unknown = sorted(set(object_count_keys) - set(OBJECT_COUNT_KEYS))
+        if unknown or not object_count_keys:
+            raise ValueError(f"object_count_keys {list(object_count_keys)!r}: expected some of {OBJECT_COUNT_KEYS}")
+        # the columns of `cell_targets` the object-count head predicts, in OBJECT_COUNT_KEYS order
+        self.object_count_columns = [
+            OBJECT_COUNT_COLUMN + k for k, key in enumerate(OBJECT_COUNT_KEYS) if key in object_count_keys
+        ]
         self.clip = clip
         # DeepSpeed broadcasts parameters as bytes, which a 0-dim tensor cannot be viewed as: keep shape [1]
         clip.logit_scale = nn.Parameter(clip.logit_scale.detach().reshape(1))
@@ -124,7 +132,9 @@ class ClipWithAux(nn.Module):
             nn.LayerNorm(hidden), nn.Linear(hidden, len(COUNT_KEYS) * (MAX_COUNT + 1))
         )
         self.object_count_head = (
-            nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, len(OBJECT_COUNT_KEYS) * (MAX_COUNT + 1)))
+            nn.Sequential(
+                nn.LayerNorm(hidden), nn.Linear(hidden, len(self.object_count_columns) * (MAX_COUNT + 1))
+            )
             if object_counts > 0
             else None
         )
@@ -167,9 +177,9 @@ class ClipWithAux(nn.Module):
         object_count_logits = None
         if self.object_count_head is not None:
             object_count_logits = self.object_count_head(patches).view(
-                *patches.shape[:2], len(OBJECT_COUNT_KEYS), MAX_COUNT + 1
+                *patches.shape[:2], len(self.object_count_columns), MAX_COUNT + 1
             )
-            targets = cells[..., OBJECT_COUNT_COLUMN:]
+            targets = cells[..., self.object_count_columns]
             aux = aux + self.object_counts * cross_entropy(
                 object_count_logits.flatten(0, 2), targets.flatten(), ignore_index=IGNORE
             )

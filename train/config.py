@@ -23,6 +23,8 @@ _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 LLM_MODES = ("frozen", "lora", "qlora4", "qlora8", "full")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 IMAGE_HEADS = ("mean", "cls")  # what the clip stage's per-image heads read (ClipConfig.image_heads)
+# the counts an object's patch can predict (ClipConfig.object_count_keys): all objects, of its colour, of its shape
+OBJECT_COUNT_KEYS = ("all", "color", "shape")
 
 
 @dataclass
@@ -78,6 +80,9 @@ class ClipConfig:
     # > 0: the patch holding an object's center also predicts how many objects there are in all, of its colour and
     # of its shape, at this weight of that loss (train/clip_aux.py)
     object_counts: float = 0.0
+    # which of those counts the object's patch predicts (any of "all", "color", "shape"): the total is the same
+    # for every object of an image, so leaving it to the class token keeps the objects' tokens apart
+    object_count_keys: list[str] = field(default_factory=lambda: list(OBJECT_COUNT_KEYS))
     # what the per-image heads (counts, background) read: "mean" = the mean patch feature, "cls" = the class token
     # at the feature layer, the image-level token a model with `vision.feature_select: full` hands the LLM
     image_heads: str = "mean"
@@ -157,6 +162,12 @@ class TrainConfig:
         if self.clip.image_heads not in IMAGE_HEADS:
             raise MllmError(
                 f"{where}: field clip.image_heads: {self.clip.image_heads!r} is not one of {', '.join(IMAGE_HEADS)}"
+            )
+        keys = self.clip.object_count_keys
+        if not keys or len(set(keys)) != len(keys) or not set(keys) <= set(OBJECT_COUNT_KEYS):
+            raise MllmError(
+                f"{where}: field clip.object_count_keys: {keys!r}: expected some of {', '.join(OBJECT_COUNT_KEYS)}, "
+                "each once"
             )
         if not 0 <= self.clip.recolor_prob <= 1:
             raise MllmError(
