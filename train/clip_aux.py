@@ -14,7 +14,7 @@ one of the mean (88-89% against 61-66% for a tower without; `python -m train.pro
 needs: how many objects there are in all, of its colour and of its shape, so that "How many red objects?" could be
 read off a red object's token, as its position is, instead of adding up tokens (empty patches are not asked). The
 tower learns them, but an assistant built on such a tower lost its position answers (train/release_notes.md,
-session 19), so it is off in the release config.
+session 19), so it is off in the release config; `object_count_keys` picks which of the three are trained.
 """
 
 from __future__ import annotations
