@@ -80,8 +80,8 @@ class ClipConfig:
     # > 0: the patch holding an object's center also predicts how many objects there are in all, of its colour and
     # of its shape, at this weight of that loss (train/clip_aux.py)
     object_counts: float = 0.0
-    # which of those counts the object's patch predicts (any of "all", "color", "shape"): the total is the same
-    # for every object of an image, so leaving it to the class token keeps the objects' tokens apart
+    # which of those counts the object's patch predicts (any of "all", "color", "shape"); the total is the same for
+    # every object of an image, and with image_heads: cls the class token is trained on it already
     object_count_keys: list[str] = field(default_factory=lambda: list(OBJECT_COUNT_KEYS))
     # what the per-image heads (counts, background) read: "mean" = the mean patch feature, "cls" = the class token
     # at the feature layer, the image-level token a model with `vision.feature_select: full` hands the LLM
