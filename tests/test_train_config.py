@@ -53,10 +53,29 @@ def test_deepspeed_config_filled_from_training_config() -> None:
     ds = deepspeed_config(config, world=2)
     assert ds["train_batch_size"] == 30 and ds["train_micro_batch_size_per_gpu"] == 3
     assert ds["gradient_accumulation_steps"] == 5 and ds["gradient_clipping"] == config.optim.max_grad_norm
-    assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"]["enabled"] is False
+    assert ds["zero_optimization"]["stage"] == 2 and ds["fp16"]["enabled"] is False
     for name in ("zero0", "zero2", "zero2_offload", "zero3", "zero3_offload"):
         config.deepspeed = str(REPO / "configs" / "deepspeed" / f"{name}.json")
         assert deepspeed_config(config, world=1)["train_batch_size"] == 15
+
+
+def test_precision_auto_is_bf16_only_where_the_cpu_multiplies_it(caplog: pytest.LogCaptureFixture) -> None:
+    from mllm.bf16_linear import native_bf16_available
+
+    path = REPO / "configs" / "train" / "tiny-align.yaml"
+    native = native_bf16_available()  # AVX-512 BF16 or AMX (the suite runs with DS_ACCELERATOR=cpu)
+    assert load_train_config(path).precision == "auto"
+    assert deepspeed_config(load_train_config(path), world=1)["bf16"]["enabled"] is native
+    assert deepspeed_config(load_train_config(path, ["precision=fp32"]), world=1)["bf16"]["enabled"] is False
+    with caplog.at_level("WARNING", logger="train.engine"):
+        assert deepspeed_config(load_train_config(path, ["precision=bf16"]), world=1)["bf16"]["enabled"] is True
+    warned = [r.getMessage() for r in caplog.records if "emulated" in r.getMessage()]
+    assert warned == ([] if native else [
+        "precision bf16: this CPU has neither AVX-512 BF16 nor AMX, so bf16 is emulated, many times slower than "
+        "fp32; precision auto picks fp32 here"
+    ])
+    fp16 = deepspeed_config(load_train_config(path, ["precision=fp16"]), world=1)
+    assert fp16["fp16"]["enabled"] is True and fp16["bf16"]["enabled"] is False
 
 
 def test_cosine_schedule_with_warmup() -> None:

@@ -39,6 +39,7 @@ def write_config(path: Path, data_dir: Path, out: Path, **fields: Any) -> Path:
         "deepspeed": str(REPO / "configs" / "deepspeed" / "zero0.json"),
         "progress": False,
         "num_threads": 1,
+        "precision": "fp32",  # the same numbers on every CPU (`auto` is bf16 on CPUs that have it)
     }
     for key, value in fields.items():
         if isinstance(value, dict) and isinstance(config.get(key), dict):

@@ -113,7 +113,8 @@ class TrainConfig:
     max_steps: int = 100  # optimizer steps
     seed: int = 0
     deepspeed: str = "configs/deepspeed/zero0.json"
-    precision: str = "auto"  # auto: bf16 on GPUs that have it, else fp32
+    # auto: bf16 where the hardware multiplies it (GPUs that support it, CPUs with AVX-512 BF16 or AMX), else fp32
+    precision: str = "auto"
     gradient_checkpointing: bool = False
     # transformers' attention kernel for the LLM while training (None: its default, sdpa). In bf16 on a CPU,
     # `eager` is faster at these lengths (sdpa's CPU backward is slow: instruct step 2.26 -> 1.80 s on 2 cores);
