@@ -345,5 +345,7 @@ def test_recolor_until_ends_repainting_after_its_fraction_of_the_steps(tmp_path:
     assert [repaints(config, step) for step in range(1, 11)] == [True] * 4 + [False] * 6
     assert all(repaints(load_train_config(path, ["max_steps=10"]), step) for step in range(1, 11))
     assert not any(repaints(load_train_config(path, ["clip.recolor_prob=0"]), step) for step in range(1, 11))
-    with pytest.raises(MllmError, match="clip.yaml: field clip.recolor_until: must be in \\[0, 1\\], got 1.5"):
+    with pytest.raises(
+        MllmError, match="clip.yaml: field clip.recolor_until: must be in \\[0, 1\\], got 1.5"
+    ):
         load_train_config(path, ["clip.recolor_until=1.5"])

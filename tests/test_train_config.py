@@ -33,7 +33,9 @@ def test_overrides_and_errors(tmp_path: Path) -> None:
         load_train_config(path, ["llm=half"])
     with pytest.raises(MllmError, match="field clip.image_heads: 'max' is not one of mean, cls"):
         load_train_config(path, ["clip.image_heads=max"])
-    with pytest.raises(MllmError, match=r"field clip.object_count_keys: \['size'\]: expected some of all, color"):
+    with pytest.raises(
+        MllmError, match=r"field clip.object_count_keys: \['size'\]: expected some of all, color"
+    ):
         load_train_config(path, ["clip.object_count_keys=[size]"])
     assert load_train_config(path, ["clip.object_count_keys=[color, shape]"]).clip.object_count_keys == [
         "color",
@@ -68,12 +70,15 @@ def test_precision_auto_is_bf16_only_where_the_cpu_multiplies_it(caplog: pytest.
     assert deepspeed_config(load_train_config(path), world=1)["bf16"]["enabled"] is native
     assert deepspeed_config(load_train_config(path, ["precision=fp32"]), world=1)["bf16"]["enabled"] is False
     with caplog.at_level("WARNING", logger="train.engine"):
-        assert deepspeed_config(load_train_config(path, ["precision=bf16"]), world=1)["bf16"]["enabled"] is True
+        assert (
+            deepspeed_config(load_train_config(path, ["precision=bf16"]), world=1)["bf16"]["enabled"] is True
+        )
     warned = [r.getMessage() for r in caplog.records if "emulated" in r.getMessage()]
-    assert warned == ([] if native else [
+    emulated = (
         "precision bf16: this CPU has neither AVX-512 BF16 nor AMX, so bf16 is emulated, many times slower than "
         "fp32; precision auto picks fp32 here"
-    ])
+    )
+    assert warned == ([] if native else [emulated])
     fp16 = deepspeed_config(load_train_config(path, ["precision=fp16"]), world=1)
     assert fp16["fp16"]["enabled"] is True and fp16["bf16"]["enabled"] is False
 

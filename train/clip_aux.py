@@ -112,7 +112,9 @@ class ClipWithAux(nn.Module):
         self.object_counts = object_counts
         unknown = sorted(set(object_count_keys) - set(OBJECT_COUNT_KEYS))
         if unknown or not object_count_keys:
-            raise ValueError(f"object_count_keys {list(object_count_keys)!r}: expected some of {OBJECT_COUNT_KEYS}")
+            raise ValueError(
+                f"object_count_keys {list(object_count_keys)!r}: expected some of {OBJECT_COUNT_KEYS}"
+            )
         # the columns of `cell_targets` the object-count head predicts, in OBJECT_COUNT_KEYS order
         self.object_count_columns = [
             OBJECT_COUNT_COLUMN + k for k, key in enumerate(OBJECT_COUNT_KEYS) if key in object_count_keys
