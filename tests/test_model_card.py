@@ -38,7 +38,7 @@ def test_card_reads_the_run(tmp_path: Path) -> None:
     instruct = next(line for line in card.splitlines() if line.startswith("| instruct |"))
     assert "| 2800 | 2 | 0.001 | 0 | 3100 s | eval loss 0.104 |" in instruct
     assert "4 x KL to the base LLM" in instruct
-    assert "Total: 84.5 minutes" in card
+    assert "Total: 84.5 minutes wall time.\n" in card  # a run from before hosts were recorded names none
     assert "| test | fp16 | 400 | 91.5% | 100.0% | 75.0% |" in card
     assert "Text skills kept: 18 of the 20" in card
     assert "count turns weighted 2x" in card
@@ -67,3 +67,17 @@ def test_card_counts_the_released_image_tokens(tmp_path: Path) -> None:
         "44 image tokens (8 made of the class token by its own MLP, and the 36 patches), 8 rotary positions apart;"
         in card
     )
+
+
+def test_card_names_the_machines_the_stages_ran_on(tmp_path: Path) -> None:
+    release = _release(tmp_path, text_anchor=0.0)
+    report = json.loads((release / "release.json").read_text())
+    zen4 = {"cpu": "AMD EPYC", "cpu_family_model": "25/17", "cores": 2, "cpu_bf16": True, "gpu": None}
+    zen3 = {**zen4, "cpu_family_model": "25/1", "cpu_bf16": False}
+    report["hosts"] = {"data": zen4, "clip": zen4, "align": zen3, "instruct": zen3, "eval": zen3}
+    (release / "release.json").write_text(json.dumps(report))
+    assert (
+        "Total: 84.5 minutes wall time. Run on: data, clip on AMD EPYC (cpu family/model 25/17), 2 cores, with "
+        "bf16 arithmetic; align, instruct, eval on AMD EPYC (cpu family/model 25/1), 2 cores, without bf16 "
+        "arithmetic.\n"
+    ) in render(release, ablation=None, notes=None)

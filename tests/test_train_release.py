@@ -1,5 +1,6 @@
-"""Pieces of the release recipe that need no training: the text-skills judge and its shipped list, and the
-asset install (size budget, resume state left out)."""
+"""Pieces of the release recipe: the text-skills judge and its shipped list, the asset install (size budget,
+resume state left out), and the recipe driver's stage times and machines (its data stage at a tiny scale, and
+its clip stage on the tiny model)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,22 @@ def test_answers_file_marks_each_question_as_the_score_counts_it(tmp_path: Path)
         ("q2", "top left", "top", False),
     ]
     assert rows[1]["image"] == "000002.png" and rows[1]["type"] == "position"
+
+
+def test_recipe_records_each_stage_time_and_machine_and_keeps_them_on_a_later_start(tmp_path: Path) -> None:
+    from train.release import host, release
+
+    out = tmp_path / "release"
+    first = release(out, do_install=False, scale=0.001, extra={}, stop_after="data")
+    assert set(first["timings_s"]) == {"data"} and first["hosts"] == {"data": host()}
+    assert (out / "data" / "compositional" / "vqa_questions.jsonl").is_file()
+    # the clip stage again on the tiny model: the data stage's time and machine are kept from release.json
+    tiny = ["model=configs/model/tiny-test.yaml", "max_steps=2", "micro_batch_size=8", "eval_every=0"]
+    tiny += ["clip.text_hidden_size=32", "clip.text_layers=1", "clip.text_heads=2", "clip.projection_dim=16"]
+    second = release(out, False, 0.001, {"clip": tiny}, start_at="clip", stop_after="clip")
+    assert second["timings_s"]["data"] == first["timings_s"]["data"] and set(second["timings_s"]) == {
+        "data",
+        "clip",
+    }
+    assert second["hosts"] == {"data": host(), "clip": host()} and (out / "clip" / "vision").is_dir()
+    assert json.loads((out / "release.json").read_text())["hosts"] == second["hosts"]

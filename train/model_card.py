@@ -86,6 +86,27 @@ def _stage_rows(release: Path, report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _hosts(report: dict[str, Any]) -> str:
+    """' Run on: data, clip on AMD EPYC (cpu family/model 25/17), 2 cores, with bf16 arithmetic.' from
+    release.json's hosts (what `train.release` records per stage); '' for a run from before they were recorded."""
+    groups: dict[str, list[str]] = {}
+    for stage, machine in report.get("hosts", {}).items():
+        family = (
+            f" (cpu family/model {machine['cpu_family_model']})" if machine.get("cpu_family_model") else ""
+        )
+        bf16 = "with" if machine["cpu_bf16"] else "without"
+        gpu = f", GPU {machine['gpu']}" if machine.get("gpu") else ""
+        described = f"{machine['cpu']}{family}, {machine['cores']} cores, {bf16} bf16 arithmetic{gpu}"
+        groups.setdefault(described, []).append(stage)
+    if not groups:
+        return ""
+    return (
+        " Run on: "
+        + "; ".join(f"{', '.join(stages)} on {machine}" for machine, stages in groups.items())
+        + "."
+    )
+
+
 def _weighting(synth: dict[str, Any]) -> str:
     """', position and count turns weighted 2x' from synth.json's turn weights; '' when all weigh the same."""
     weights = synth.get("turn_weights", {})
@@ -157,7 +178,7 @@ def render(release: Path, ablation: Path | None, notes: Path | None = None) -> s
         "",
         *_stage_rows(release, report),
         "",
-        f"Total: {total / 60:.1f} minutes wall time.",
+        f"Total: {total / 60:.1f} minutes wall time.{_hosts(report)}",
         "",
         "## Results (normalized exact match, greedy decoding)",
         "",

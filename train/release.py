@@ -83,6 +83,27 @@ def run_stage(config: str, overrides: list[str], log_file: Path, output_dir: Pat
     return json.loads((output_dir / "summary.json").read_text())
 
 
+def host() -> dict[str, Any]:
+    """What this machine is, for the stage times (release.json's `hosts`): its CPU, cores, whether the CPU
+    multiplies bf16 (the training configs' `precision: auto` trains in bf16 only then) and its GPU."""
+    import platform
+
+    import torch
+
+    from mllm.bf16_linear import native_bf16_available
+
+    cpuinfo = Path("/proc/cpuinfo")  # Linux; its first processor's block (a VM may name only "AMD EPYC")
+    first = cpuinfo.read_text().split("\n\n")[0].splitlines() if cpuinfo.is_file() else []
+    fields = dict((k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in first))
+    return {
+        "cpu": fields.get("model name") or platform.processor() or platform.machine(),
+        "cpu_family_model": f"{fields['cpu family']}/{fields['model']}" if "cpu family" in fields else None,
+        "cores": os.cpu_count(),
+        "cpu_bf16": native_bf16_available(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
 def write_answers(path: Path, items: Sequence[VQAItem], answers: Sequence[str]) -> None:
     """One row per question (id, type, question, gold answer, the model's answer, whether they match), for
     reading the misses."""
@@ -183,12 +204,15 @@ def release(
     }
     report: dict[str, Any] = {
         "timings_s": timings,
+        "hosts": {k: v for k, v in previous.get("hosts", {}).items() if k in timings},
         "stages": {
             k: v for k, v in previous.get("stages", {}).items() if STAGES.index(k) < STAGES.index(start_at)
         },
     }
     if start_at != "data":
         report["started_at_stage"] = start_at
+
+    machine = host()
 
     def todo(name: str) -> bool:
         return STAGES.index(start_at) <= STAGES.index(name) <= STAGES.index(stop_after)
@@ -197,6 +221,7 @@ def release(
         started = time.perf_counter()
         result = fn()
         timings[name] = round(time.perf_counter() - started, 1)
+        report["hosts"][name] = machine
         log.info("stage %s took %.0f s", name, timings[name])
         (out / "release.json").write_text(json.dumps(report, indent=2) + "\n")
         return result
