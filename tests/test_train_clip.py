@@ -324,6 +324,12 @@ def test_probe_reads_colour_off_a_tower_on_seen_and_held_out_pairs(tmp_path: Pat
     color = result["color"]  # chance is 1/6
     assert color["train"] > 0.9 and color["seen"] > 0.5 and color["held_out"] > 0.5, result
     assert all(0 <= result["shape"][k] <= 1 for k in ("train", "seen", "held_out"))
+    for name in ("color", "shape"):  # the held-out pairs' objects, pair by pair, add up to the held-out score
+        pairs = result[name]["held_out_by_pair"].values()
+        assert sum(p["objects"] for p in pairs) == result["held_out_objects"]
+        assert sum(p["right"] for p in pairs) / result["held_out_objects"] == pytest.approx(
+            result[name]["held_out"]
+        )
     assert set(result["object_counts"]) == {"all", "color", "shape"}
     assert all(0 <= v <= 1 for v in result["object_counts"].values())
     vision = load_model_config(TINY_MODEL).vision

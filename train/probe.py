@@ -78,8 +78,9 @@ def fit_probe(
 def probe_tower(
     vision: Path, data: Path, model_config: Path, train_images: int, eval_images: int
 ) -> dict[str, Any]:
-    """Accuracy of a colour probe and a shape probe on `compositional` objects of seen and held-out pairs, and of
-    probes of each object's counts (OBJECT_COUNT_KEYS) on all `compositional` objects."""
+    """Accuracy of a colour probe and a shape probe on `compositional` objects of seen and held-out pairs (and how
+    many objects of each held-out pair it got right), and of probes of each object's counts (OBJECT_COUNT_KEYS) on
+    all `compositional` objects."""
     config = load_model_config(str(model_config)).vision
     preprocess = ImagePreprocessor(config.image_size, config.image_mean, config.image_std)
     tower = CLIPVisionModel.from_pretrained(vision, dtype=torch.float32).eval()
@@ -101,7 +102,13 @@ def probe_tower(
                 "train": float((probe(x_train).argmax(-1) == y_train[:, column]).float().mean()),
                 "seen": float(right[~held].float().mean()),
                 "held_out": float(right[held].float().mean()),
+                "held_out_by_pair": {},
             }
+            for color, shape in HELD_OUT_PAIRS:
+                pair = (y_eval[:, 1] == colors.index(color)) & (y_eval[:, 2] == shapes.index(shape))
+                if pair.any():
+                    counted = {"objects": int(pair.sum()), "right": int(right[pair].sum())}
+                    result[name]["held_out_by_pair"][f"{color} {shape}"] = counted
     result["object_counts"] = {}
     for k, key in enumerate(OBJECT_COUNT_KEYS):
         column = OBJECT_COUNT_COLUMN + k
