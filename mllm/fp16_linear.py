@@ -43,6 +43,13 @@ class SlicedFp16Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, slices={len(self.packs)}"
 
 
+def rows_exact() -> bool:
+    """Whether fbgemm's fp16 GEMM gives a row the same bits in any matrix, so that batched prompts compute
+    what each computes alone: its AVX-512 kernels do (tests/test_core_rows.py); its AVX2 kernels (an AMD EPYC
+    Zen 3, say) round a row differently once the matrix has two rows or more (up to 1.2e-5 at SmolLM2's widths)."""
+    return torch.backends.cpu.get_cpu_capability() == "AVX512"
+
+
 def direct_fp16(layer: SlicedFp16Linear) -> Callable[[torch.Tensor], torch.Tensor]:
     """The layer as op calls: one fp16 GEMM per slice, the outputs joined (one slice is returned as it is)."""
     gemm, packs = torch.ops.quantized.linear_dynamic_fp16, layer.packs
