@@ -2,8 +2,10 @@
 training.
 
 Prompts are encoded exactly as `Assistant.chat` encodes a one-message conversation and generated together, so
-that at temperature 0 the answers equal those of batch size 1: on the fast path of a Llama-architecture LLM by
-mllm.decoding.decode_rows (no padding; each prompt gets the arithmetic it gets alone, starting from the keys and
+that at temperature 0 the answers equal those of batch size 1 (but for a near-tie where a row is only within
+float rounding of the prompt alone): on the fast path of a Llama-architecture LLM by
+mllm.decoding.decode_rows (no padding; each prompt gets the arithmetic it gets alone, bit for bit at fp16 on CPUs
+with AVX-512 and within float rounding elsewhere (mllm.llama_rows), starting from the keys and
 values of the chat template's opening that every prompt shares, computed once per assistant), otherwise by
 transformers' generate on the prompts left-padded to the longest of their batch (attention mask 0 on the
 padding).

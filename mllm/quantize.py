@@ -4,7 +4,8 @@
 - `fp16`: every `nn.Linear` of the (LoRA-merged) LLM keeps its weights in fp16 and computes in fp32
   (`torch.ao.quantization.quantize_dynamic` with dtype float16, fbgemm's fp16 GEMM). Decoding a token reads
   half the weight bytes, and on a CPU reading the weights is what bounds decode speed. Activations are not
-  quantized, so each row of a batch is computed on its own (batched answers equal single ones); the only
+  quantized, so on CPUs with AVX-512 each row of a batch is computed on its own (batched answers equal single
+  ones; fbgemm's AVX2 kernels round a row by the matrix height: mllm.fp16_linear.rows_exact); the only
   change is rounding the weights to fp16 (about 3 decimal digits, where bf16 keeps 2).
 - `int8`: the same layers as torch's dynamically quantized int8 Linear (int8 weights with one scale per output
   channel, activations quantized per call): a quarter of the weight bytes, but the activation scale is shared
