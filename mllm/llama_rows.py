@@ -8,8 +8,8 @@ round an entry of a batched call differently from the same entry alone: seen on 
 the Intel AMX host, so equal-shaped neighbours no longer share a call). A decode step writes all its rows' keys
 and values into the cache by one indexed copy per layer. Each prompt therefore gets the arithmetic it gets alone,
 bit for bit where the GEMM kernels compute a row independently of the others in the matrix: fbgemm's fp16 kernels
-do on CPUs with AVX-512 (tests/test_core_rows.py; its AVX2 kernels do not: mllm.fp16_linear.rows_exact); MKL's fp32 sgemm picks its kernel by the number of rows, and oneDNN's bf16 kernels
-split a wide layer's reduction across threads for some matrix heights (on the 2-core AMX host, scanning heights
+do on CPUs with AVX-512 (tests/test_core_rows.py; its AVX2 kernels do not: mllm.fp16_linear.rows_exact); MKL's
+fp32 sgemm picks its kernel by the number of rows, and oneDNN's bf16 kernels split a wide layer's reduction across threads for some matrix heights (on the 2-core AMX host, scanning heights
 1-1100 of each of SmolLM2's layer shapes, comparing a row with that row alone: only the 1536-wide down
 projection, at a few heights between 211 and 247 rows that change with the data, where four VQA prompts
 stack), so at fp32 and bf16 a row can differ in its last bits, which can flip a near-tie
