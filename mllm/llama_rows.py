@@ -1,22 +1,22 @@
 """Many independent prompts through the lean Llama loop of mllm.llama_step at once, for batched VQA.
 
-The linear layers run on every prompt's positions stacked into one matrix (one GEMM per layer for the whole
-batch, and no padding: this is where a batch pays off, as a GEMM over many rows is several times more efficient
-than over one prompt's), while attention runs on each prompt's own row of the static cache with the shapes the
-prompt alone would have, one SDPA call per row (torch's CPU flash kernel, run on more than one thread, can
-round an entry of a batched call differently from the same entry alone: seen on an AMD EPYC with AVX-512, not on
-the Intel AMX host, so equal-shaped neighbours no longer share a call). A decode step writes all its rows' keys
-and values into the cache by one indexed copy per layer. Each prompt therefore gets the arithmetic it gets alone,
-bit for bit where the GEMM kernels compute a row independently of the others in the matrix: fbgemm's fp16 kernels
-do on CPUs with AVX-512 (tests/test_core_rows.py; its AVX2 kernels do not: mllm.fp16_linear.rows_exact); MKL's
-fp32 sgemm picks its kernel by the number of rows, and oneDNN's bf16 kernels split a wide layer's reduction across threads for some matrix heights (on the 2-core AMX host, scanning heights
-1-1100 of each of SmolLM2's layer shapes, comparing a row with that row alone: only the 1536-wide down
-projection, at a few heights between 211 and 247 rows that change with the data, where four VQA prompts
-stack), so at fp32 and bf16 a row can differ in its last bits, which can flip a near-tie
-between two answers (1 of 256 shapes questions in one bf16 benchmark run; tests/test_batch_generation.py holds
-batched answers to those of batch 1 and of Assistant.chat at every precision on the tiny model). Decode steps stack one row per unfinished prompt;
-finished prompts drop out of the GEMMs. The cache starts with the room the caller asks for and doubles when a
-row runs past it.
+The linear layers run on every prompt's positions stacked into one matrix (one GEMM per layer for the whole batch,
+and no padding: this is where a batch pays off, as a GEMM over many rows is several times more efficient than over
+one prompt's), while attention runs on each prompt's own row of the static cache with the shapes the prompt alone
+would have, one SDPA call per row (torch's CPU flash kernel, run on more than one thread, can round an entry of a
+batched call differently from the same entry alone: seen on an AMD EPYC with AVX-512, not on the Intel AMX host, so
+equal-shaped neighbours no longer share a call). A decode step writes all its rows' keys and values into the cache
+by one indexed copy per layer. Each prompt therefore gets the arithmetic it gets alone, bit for bit where the GEMM
+kernels compute a row independently of the others in the matrix: fbgemm's fp16 kernels do on CPUs with AVX-512
+(tests/test_core_rows.py; its AVX2 kernels do not: mllm.fp16_linear.rows_exact); MKL's fp32 sgemm picks its kernel
+by the number of rows, and oneDNN's bf16 kernels split a wide layer's reduction across threads for some matrix
+heights (on the 2-core AMX host, scanning heights 1-1100 of each of SmolLM2's layer shapes, comparing a row with
+that row alone: only the 1536-wide down projection, at a few heights between 211 and 247 rows that change with the
+data, where four VQA prompts stack), so at fp32 and bf16 a row can differ in its last bits, which can flip a
+near-tie between two answers (1 of 256 shapes questions in one bf16 benchmark run; tests/test_batch_generation.py
+holds batched answers to those of batch 1 and of Assistant.chat at every precision on the tiny model). Decode steps
+stack one row per unfinished prompt; finished prompts drop out of the GEMMs. The cache starts with the room the
+caller asks for and doubles when a row runs past it.
 """
 
 from __future__ import annotations
