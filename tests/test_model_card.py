@@ -81,3 +81,11 @@ def test_card_names_the_machines_the_stages_ran_on(tmp_path: Path) -> None:
         "bf16 arithmetic; align, instruct, eval on AMD EPYC (cpu family/model 25/1), 2 cores, without bf16 "
         "arithmetic.\n"
     ) in render(release, ablation=None, notes=None)
+    report["resumed"] = {
+        "instruct": {"checkpoint": "x", "step": 2500, "seconds_before": 5432.1, "counted": "wall clock"}
+    }
+    (release / "release.json").write_text(json.dumps(report))
+    assert (
+        "without bf16 arithmetic. The instruct stage was interrupted and resumed from its step-2500 checkpoint; "
+        "its time adds the 5432 s (wall clock) taken before.\n"
+    ) in render(release, ablation=None, notes=None)

@@ -68,3 +68,50 @@ def test_recipe_records_each_stage_time_and_machine_and_keeps_them_on_a_later_st
     assert second["timings_s"]["data"] == first["timings_s"]["data"]
     assert second["hosts"] == {"data": host(), "clip": host()} and (out / "clip" / "vision").is_dir()
     assert json.loads((out / "release.json").read_text())["hosts"] == second["hosts"]
+
+
+def test_recipe_resumes_a_training_stage_killed_after_a_checkpoint(tmp_path: Path) -> None:
+    """`--resume` after a SIGKILL of the recipe and its stage process: it starts at the stage release.json has no
+    time for, that stage continues from its newest checkpoint, and its time counts what it had taken before."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.train_support import REPO, train_env
+    from train.release import release
+
+    out = tmp_path / "release"
+    release(out, do_install=False, scale=0.001, extra={}, stop_after="data")
+    tiny = ["model=configs/model/tiny-test.yaml", "micro_batch_size=4", "num_threads=1", "precision=fp32"]
+    clip = ["clip.text_hidden_size=32", "clip.text_layers=1", "clip.text_heads=2", "clip.projection_dim=16"]
+    release(out, False, 0.001, {"clip": [*tiny, "max_steps=2", "eval_every=0", *clip]}, "clip", "clip")
+    align = [*tiny, "max_steps=40", "data.max_eval_samples=4"]
+    command = [sys.executable, "-m", "train.release", "--out", str(out), "--start-at", "align"]
+    command += ["--stop-after", "align", "--align", *align, "save_every=1", "keep_checkpoints=2"]
+    recipe = subprocess.Popen(command, cwd=REPO, env=train_env(), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list((out / "align" / "checkpoints").glob("step-*/state/trainer.json")):
+            assert recipe.poll() is None, f"the recipe ended (rc {recipe.returncode}) before a checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint after 300 s"
+            time.sleep(0.02)
+    finally:
+        os.killpg(recipe.pid, signal.SIGKILL)  # the recipe and its `python -m train` child, as a lost machine
+        recipe.wait()
+    assert "align" not in json.loads((out / "release.json").read_text())["timings_s"]
+    report = release(out, False, 0.001, {"align": [*align, "save_every=0"]}, stop_after="align", resume=True)
+    cut = report["resumed"]["align"]
+    assert 1 <= cut["step"] < 40 and cut["counted"] == "wall clock" and cut["seconds_before"] > 0
+    assert report["started_at_stage"] == "align" and set(report["timings_s"]) == {"data", "clip", "align"}
+    assert report["timings_s"]["align"] >= cut["seconds_before"] and report["stages"]["align"]["steps"] == 40
+    assert "resumed from" in (out / "align.log").read_text()
+    steps = [json.loads(line)["step"] for line in (out / "align" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 40
+    with pytest.raises(MllmError, match="leave out --start-at"):
+        release(out, False, 0.001, {}, start_at="align", resume=True)
+    with pytest.raises(
+        MllmError, match="starting at instruct and stopping after align leaves nothing to run"
+    ):
+        release(out, False, 0.001, {}, stop_after="align", resume=True)

@@ -88,7 +88,8 @@ def _stage_rows(release: Path, report: dict[str, Any]) -> list[str]:
 
 def _hosts(report: dict[str, Any]) -> str:
     """' Run on: data, clip on AMD EPYC (cpu family/model 25/17), 2 cores, with bf16 arithmetic.' from
-    release.json's hosts (what `train.release` records per stage); '' for a run from before they were recorded."""
+    release.json's hosts (what `train.release` records per stage; '' for a run from before they were recorded),
+    then any stage that was resumed after an interruption (`train.release --resume`)."""
     groups: dict[str, list[str]] = {}
     for stage, machine in report.get("hosts", {}).items():
         family = (
@@ -98,12 +99,18 @@ def _hosts(report: dict[str, Any]) -> str:
         gpu = f", GPU {machine['gpu']}" if machine.get("gpu") else ""
         described = f"{machine['cpu']}{family}, {machine['cores']} cores, {bf16} bf16 arithmetic{gpu}"
         groups.setdefault(described, []).append(stage)
+    resumed = "".join(
+        f" The {stage} stage was interrupted and resumed from its step-{cut['step']} checkpoint; its time adds"
+        f" the {cut['seconds_before']:.0f} s ({cut['counted']}) taken before."
+        for stage, cut in report.get("resumed", {}).items()
+    )
     if not groups:
-        return ""
+        return resumed
     return (
         " Run on: "
         + "; ".join(f"{', '.join(stages)} on {machine}" for machine, stages in groups.items())
         + "."
+        + resumed
     )
 
 

@@ -3,6 +3,10 @@ instruct -> eval (VQA on the test, compositional and held-out-paraphrase splits,
 timed, then (with --install) the final checkpoint copied into mllm/assets/default/.
 
     python -m train.release --out runs/release --install          # what `make release-model` runs
+    python -m train.release --out runs/release --install --resume # after an interruption: carry on
+
+`--resume` starts at the first stage release.json has no time for; a training stage cut off after a checkpoint
+continues from its newest one (`mllm train --resume`), its time counting the wall clock it had already taken.
 
 Every training stage runs as its own `python -m train` process with the shipped configs in configs/train/
 (paths pointed into --out by overrides), so the recipe is the same commands a person would type.
@@ -67,8 +71,11 @@ def synth_data(out: Path, image_size: int, scale: float) -> None:
         )
 
 
-def run_stage(config: str, overrides: list[str], log_file: Path, output_dir: Path) -> dict[str, Any]:
-    """`python -m train CONFIG OVERRIDES` with its output in `log_file`; the run summary (summary.json)."""
+def run_stage(
+    config: str, overrides: list[str], log_file: Path, output_dir: Path, append: bool = False
+) -> dict[str, Any]:
+    """`python -m train CONFIG OVERRIDES` with its output in `log_file` (added to it with `append`, as when a
+    stage resumes); the run summary (summary.json)."""
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -76,7 +83,7 @@ def run_stage(config: str, overrides: list[str], log_file: Path, output_dir: Pat
     }
     command = [sys.executable, "-m", "train", config, *overrides, "progress=false"]
     log.info("running %s (log: %s)", " ".join(command[2:]), log_file)
-    with log_file.open("w") as logs:
+    with log_file.open("a" if append else "w") as logs:
         result = subprocess.run(command, cwd=REPO, env=env, stdout=logs, stderr=subprocess.STDOUT, text=True)
     if result.returncode != 0:
         raise MllmError(f"stage {config} failed with exit code {result.returncode}; see {log_file}")
@@ -182,6 +189,40 @@ def install(checkpoint: Path, target: Path = ASSET) -> float:
 STAGES = ("data", "clip", "align", "instruct", "eval")
 
 
+def resume_point(out: Path) -> str:
+    """The first stage OUT/release.json has no time for (`data` when there is no release.json yet)."""
+    path = out / "release.json"
+    if not path.is_file():
+        return STAGES[0]
+    try:
+        done = json.loads(path.read_text()).get("timings_s", {})
+    except json.JSONDecodeError as exc:
+        raise MllmError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    for stage in STAGES:
+        if stage not in done:
+            return stage
+    raise MllmError(f"{path}: every stage has finished; there is nothing to resume")
+
+
+def interrupted_at(stage_dir: Path) -> dict[str, Any] | None:
+    """Where an interrupted training stage can continue: its newest checkpoint with resume state, the step and
+    the wall-clock seconds the run had taken by then (training-step seconds for checkpoints from before
+    `wall_seconds` was recorded); None when it has none."""
+    from train.state import STATE_DIR, TRAINER_FILE, list_checkpoints
+
+    checkpoints = list_checkpoints(stage_dir)
+    if not checkpoints:
+        return None
+    state = json.loads((checkpoints[-1] / STATE_DIR / TRAINER_FILE).read_text())
+    wall = float(state.get("wall_seconds", 0.0))
+    return {
+        "checkpoint": str(checkpoints[-1]),
+        "step": int(state["step"]),
+        "seconds_before": round(wall or float(state["seconds"]), 1),
+        "counted": "wall clock" if wall else "training steps",
+    }
+
+
 def release(
     out: Path,
     do_install: bool,
@@ -189,9 +230,20 @@ def release(
     extra: dict[str, list[str]],
     start_at: str = "data",
     stop_after: str = "eval",
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Run the stages from `start_at` to `stop_after` (earlier ones are kept from OUT/release.json); the timings
-    and results (also written to OUT/release.json)."""
+    and results (also written to OUT/release.json). With `resume`, start where an interrupted run stopped
+    (see the module docstring) instead."""
+    if resume:
+        if start_at != STAGES[0]:
+            raise MllmError(f"--resume finds where {out} stopped; leave out --start-at {start_at}")
+        start_at = resume_point(out)
+        log.info("resuming %s at stage %s", out, start_at)
+    if STAGES.index(start_at) > STAGES.index(stop_after):
+        raise MllmError(
+            f"{out}: starting at {start_at} and stopping after {stop_after} leaves nothing to run"
+        )
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data"
     previous: dict[str, Any] = {}
@@ -217,10 +269,10 @@ def release(
     def todo(name: str) -> bool:
         return STAGES.index(start_at) <= STAGES.index(name) <= STAGES.index(stop_after)
 
-    def timed(name: str, fn: Any) -> Any:
+    def timed(name: str, fn: Any, before: float = 0.0) -> Any:
         started = time.perf_counter()
         result = fn()
-        timings[name] = round(time.perf_counter() - started, 1)
+        timings[name] = round(before + time.perf_counter() - started, 1)
         report["hosts"][name] = machine
         log.info("stage %s took %.0f s", name, timings[name])
         (out / "release.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -230,8 +282,15 @@ def release(
         """`mllm train configs/train/NAME.yaml` into OUT/NAME with these overrides and the caller's extras."""
         overrides = [f"output_dir={out / name}", *overrides, *extra.get(name, [])]
         config = f"configs/train/{name}.yaml"
+        cut = interrupted_at(out / name) if resume and name == start_at and name != "clip" else None
+        if cut is not None:  # the clip stage has no resume state and starts again
+            log.info("%s continues from %s (step %d)", name, cut["checkpoint"], cut["step"])
+            report.setdefault("resumed", {})[name] = cut
+            overrides.append("--resume")
         report["stages"][name] = timed(
-            name, lambda: run_stage(config, overrides, out / f"{name}.log", out / name)
+            name,
+            lambda: run_stage(config, overrides, out / f"{name}.log", out / name, append=cut is not None),
+            cut["seconds_before"] if cut else 0.0,
         )
 
     if todo("data"):
@@ -289,6 +348,12 @@ def main(argv: list[str] | None = None) -> int:
         help="skip the stages before this one, reusing their outputs in --out",
     )
     parser.add_argument("--stop-after", choices=STAGES, default=STAGES[-1], help="the last stage to run")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="carry on an interrupted run in --out: from the first unfinished stage, a training stage from its "
+        "newest checkpoint",
+    )
     for stage in ("clip", "align", "instruct"):
         parser.add_argument(
             f"--{stage}", nargs="*", default=[], metavar="KEY=VALUE", help=f"overrides for the {stage} stage"
@@ -305,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             {"clip": args.clip, "align": args.align, "instruct": args.instruct},
             args.start_at,
             args.stop_after,
+            args.resume,
         )
     except MllmError as exc:
         print(f"release: error: {exc}", file=sys.stderr)

@@ -35,7 +35,8 @@ class TrainerState:
     samples: int = 0
     position: DataPosition = field(default_factory=DataPosition)
     skipped: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
+    seconds: float = 0.0  # in training steps
+    wall_seconds: float = 0.0  # all of it, set-up, evaluations and checkpoints too (0 in older checkpoints)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -45,6 +46,7 @@ class TrainerState:
             "position": {"epoch": self.position.epoch, "batch": self.position.batch},
             "skipped": self.skipped,
             "seconds": self.seconds,
+            "wall_seconds": self.wall_seconds,
         }
 
     @classmethod
@@ -57,6 +59,7 @@ class TrainerState:
             position,
             dict(data.get("skipped", {})),
             float(data.get("seconds", 0.0)),
+            float(data.get("wall_seconds", 0.0)),
         )
 
 

@@ -70,6 +70,7 @@ class Trainer:
     """One `align` or `instruct` run (see the module docstring)."""
 
     def __init__(self, config: TrainConfig, resume: bool = False) -> None:
+        self.started = time.perf_counter()  # this process's share of the run's wall clock starts here
         self.config = config
         self.rank, self.world = init_distributed()
         if config.num_threads:
@@ -129,6 +130,7 @@ class Trainer:
         self.state = TrainerState()
         if self.checkpoint is not None:
             self._restore(self.checkpoint)
+        self.wall_before = self.state.wall_seconds  # what the interrupted processes had taken
         self.stream = BatchStream(
             [len(e) for e in self.examples],
             config.micro_batch_size,
@@ -188,6 +190,7 @@ class Trainer:
             stage_rank_state(staging, self.rank, optimizer_state(self.optimizer))
         barrier()
         self.state.skipped = {k: v for k, v in self.skipped.counts.items() if k == "image"}
+        self.state.wall_seconds = self.wall_before + time.perf_counter() - self.started
 
         def extra(tmp: Path) -> None:
             save_train_config(self.config, tmp / "train_config.yaml")
@@ -334,6 +337,7 @@ class Trainer:
             "stage": self.config.stage,
             "steps": self.state.step,
             "seconds": self.state.seconds,
+            "wall_seconds": self.wall_before + time.perf_counter() - self.started,
             "tokens": self.state.tokens * self.world,
             "samples": self.state.samples * self.world,
             "tokens_per_s": self.state.tokens * self.world / max(self.state.seconds, 1e-9),
