@@ -113,6 +113,20 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count_questions(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from data_tools.synth.count_questions import ANSWERS_FILE, QUESTIONS_FILE, write_count_questions
+
+    folder = Path(args.split_dir)
+    made = write_count_questions(folder, args.per_answer, args.seed, args.phrasing)
+    print(
+        f"wrote {sum(made.values())} count questions to {folder / QUESTIONS_FILE} and their answers to "
+        f"{folder / ANSWERS_FILE}: " + ", ".join(f"{bucket}: {n}" for bucket, n in made.items())
+    )
+    return 0
+
+
 def _distill_text(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -316,6 +330,35 @@ def _add_synth(sub: Any) -> None:
     p.set_defaults(func=_synth)
 
 
+def _add_count_questions(sub: Any) -> None:
+    p = sub.add_parser(
+        "count-questions",
+        formatter_class=_FORMATTER,
+        help="count questions balanced by answer, over a synth split (a diagnostic)",
+        description=_wrap(
+            "Write count_questions.jsonl and count_answers.jsonl into a split folder written by `mllm data "
+            "synth`: questions counting one colour or one shape of its scenes, the same number for each answer "
+            "0, 1, 2 and 3+ (typed `count 0` ... `count 3+`), so that `mllm eval` tells which counts a model "
+            "reads; in the natural mix of vqa_questions.jsonl nearly all such answers are 0 or 1."
+        ),
+        epilog="Example:\n  mllm data count-questions data/shapes-test --per-answer 50\n"
+        "  mllm vqa --model default --questions data/shapes-test/count_questions.jsonl --answers counts.jsonl\n"
+        "  mllm eval --answers counts.jsonl --gold data/shapes-test/count_answers.jsonl",
+    )
+    p.add_argument("split_dir", help="a folder written by `mllm data synth` (its scenes.jsonl and images/)")
+    p.add_argument(
+        "--per-answer",
+        type=int,
+        default=50,
+        help="questions for each answer 0, 1, 2, 3+ (fewer where the scenes hold fewer; default 50)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="which questions are drawn (default 0)")
+    p.add_argument(
+        "--phrasing", default="train", choices=("train", "heldout"), help="question templates (default train)"
+    )
+    p.set_defaults(func=_count_questions)
+
+
 def _add_distill_text(sub: Any) -> None:
     p = sub.add_parser(
         "distill-text",
@@ -346,7 +389,8 @@ def register(subparsers: Any) -> None:
         formatter_class=_FORMATTER,
         help="validate, inspect, convert and synthesize training data",
         description=_wrap(
-            "Work with LLaVA-format data: validate, stats, convert; generate the shapes world: synth."
+            "Work with LLaVA-format data: validate, stats, convert; generate the shapes world: synth, and "
+            "count questions balanced by answer over it: count-questions."
         ),
         epilog="Example:\n  mllm data synth --out data/shapes --num-images 1000 --seed 0",
     )
@@ -356,4 +400,5 @@ def register(subparsers: Any) -> None:
     _add_stats(sub)
     _add_convert(sub)
     _add_synth(sub)
+    _add_count_questions(sub)
     _add_distill_text(sub)

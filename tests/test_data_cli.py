@@ -30,6 +30,7 @@ def _run(argv: list[str]) -> int:
         ["data", "convert", "captions"],
         ["data", "convert", "vqa"],
         ["data", "synth"],
+        ["data", "count-questions"],
         ["data", "distill-text"],
     ],
 )

@@ -1,5 +1,6 @@
 """MODEL_CARD.md is rendered from a release run's own files: stage rows (steps, batch, seed, time, anchor),
-the VQA table and the text-skills line come from release.json, each stage's config and summary."""
+the VQA table, the balanced counts line and the text-skills line come from release.json, each stage's config
+and summary."""
 
 from __future__ import annotations
 
@@ -21,7 +22,18 @@ def _release(tmp_path: Path, text_anchor: float) -> Path:
     report = {
         "timings_s": {"data": 10.0, "clip": 1000.0, "align": 700.0, "instruct": 3100.0, "eval": 260.0},
         "stages": {},
-        "eval": {"test": row, "text_skills": {"questions": 20, "base_correct": 20, "kept": 18}},
+        "eval": {
+            "test": row,
+            "counts": {
+                "overall": 0.5,
+                "count 0": 1.0,
+                "count 1": 0.96,
+                "count 2": 0.04,
+                "count 3+": 0.0,
+                "questions": 200,
+            },
+            "text_skills": {"questions": 20, "base_correct": 20, "kept": 18},
+        },
     }
     (release / "release.json").write_text(json.dumps(report))
     config = {"max_steps": 2800, "micro_batch_size": 2, "grad_accum": 1, "optim": {"lr": 1e-3}, "seed": 0}
@@ -41,6 +53,8 @@ def test_card_reads_the_run(tmp_path: Path) -> None:
     assert "Total: 84.5 minutes wall time.\n" in card  # a run from before hosts were recorded names none
     assert "| test | fp16 | 400 | 91.5% | 100.0% | 75.0% |" in card
     assert "Text skills kept: 18 of the 20" in card
+    assert "| counts |" not in card  # not a row of the VQA table (other types) but a line of its own
+    assert "by answer: 0: 100.0%, 1: 96.0%, 2: 4.0%, 3+: 0.0% (50.0% overall)." in card
     assert "count turns weighted 2x" in card
 
 

@@ -36,6 +36,22 @@ def _vqa_table(evals: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _counts_line(evals: dict[str, Any]) -> list[str]:
+    """The balanced count questions' accuracy by answer, when the release has them."""
+    counts = evals.get("counts")
+    if counts is None:
+        return []
+    buckets = sorted(t for t in counts if t.startswith("count "))
+    return [
+        "",
+        f"Counts read off the image (`counts`: {counts['questions']} questions counting one colour or one shape "
+        "of the test images, the same number for each answer, `mllm data count-questions`; in the splits above "
+        "nearly all such answers are 0 or 1), by answer: "
+        + ", ".join(f"{b.removeprefix('count ')}: {_pct(counts[b])}" for b in buckets)
+        + f" ({_pct(counts['overall'])} overall).",
+    ]
+
+
 def _stage_rows(release: Path, report: dict[str, Any]) -> list[str]:
     lines = [
         "| stage | what trains | steps | batch | lr | seed | time | result |",
@@ -195,6 +211,7 @@ def render(release: Path, ablation: Path | None, notes: Path | None = None) -> s
         "the test split is also answered at fp32 to show the reduced precision keeps the accuracy.",
         "",
         *_vqa_table(evals),
+        *_counts_line(evals),
         "",
         f"Text skills kept: {skills.get('kept', '?')} of the {skills.get('base_correct', '?')} general questions "
         "in `train/text_skills.json` that the base SmolLM2 answers correctly are still answered correctly "

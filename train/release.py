@@ -42,10 +42,15 @@ DATA_SPLITS = (
     ("compositional", "compositional", 2, 200, "train"),
     ("paraphrase", "test", 1, 200, "heldout"),
 )
+# the `counts` diagnostic: questions counting one colour or shape of the test images, this many for each answer
+# 0, 1, 2 and 3+ (data_tools/synth/count_questions.py), in the test folder
+COUNT_QUESTIONS_PER_ANSWER = 50
 
 
 def synth_data(out: Path, image_size: int, scale: float) -> None:
-    """The four data folders (train, test, compositional, paraphrase: the test images with held-out wording)."""
+    """The four data folders (train, test, compositional, paraphrase: the test images with held-out wording),
+    and the balanced count questions of the test images."""
+    from data_tools.synth.count_questions import write_count_questions
     from data_tools.synth.writer import SynthConfig, synthesize
 
     for folder, split, seed, count, phrasing in DATA_SPLITS:
@@ -69,6 +74,8 @@ def synth_data(out: Path, image_size: int, scale: float) -> None:
             summary.instruct_records,
             summary.vqa_questions,
         )
+    made = write_count_questions(out / "test", COUNT_QUESTIONS_PER_ANSWER)
+    log.info("data counts: %s", json.dumps(made))
 
 
 def run_stage(
@@ -134,17 +141,27 @@ def write_answers(path: Path, items: Sequence[VQAItem], answers: Sequence[str]) 
 def evaluate_release(checkpoint: Path, data: Path, out: Path, batch_size: int = 16) -> dict[str, Any]:
     """VQA accuracy per split and type on the default (fast, reduced-precision) inference path, the test split
     also at fp32 (the reduced precision must keep its accuracy), and the text-skills check against the base
-    SmolLM2."""
+    SmolLM2. `counts` is the test images' balanced count questions (written here for runs whose data stage
+    predates them)."""
+    from data_tools.synth.count_questions import ANSWERS_FILE, QUESTIONS_FILE, write_count_questions
     from mllm.assistant import load
     from train.evaluate import accuracy, assistant_answers, load_vqa
     from train.text_skills import check
 
+    test = data / "test"
+    if not (test / QUESTIONS_FILE).is_file():
+        write_count_questions(test, COUNT_QUESTIONS_PER_ANSWER)
+    files = {
+        name: (data / name / "vqa_questions.jsonl", data / name / "vqa_answers.jsonl")
+        for name, *_ in DATA_SPLITS
+    }
+    files["counts"] = (test / QUESTIONS_FILE, test / ANSWERS_FILE)
     results: dict[str, Any] = {}
-    splits = {"auto": ("test", "compositional", "paraphrase"), "fp32": ("test",)}
+    splits = {"auto": ("test", "compositional", "paraphrase", "counts"), "fp32": ("test",)}
     for precision, names in splits.items():
         assistant = load(str(checkpoint), precision=precision, batches=True)  # as `mllm vqa` loads it
         for split in names:
-            items = load_vqa(data / split / "vqa_questions.jsonl", data / split / "vqa_answers.jsonl", None)
+            items = load_vqa(*files[split], files[split][0].parent / "images")
             started = time.perf_counter()
             answers = assistant_answers(assistant, items, batch_size)
             scores: dict[str, Any] = accuracy(items, answers)
