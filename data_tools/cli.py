@@ -342,7 +342,8 @@ def _add_count_questions(sub: Any) -> None:
             "reads; in the natural mix of vqa_questions.jsonl nearly all such answers are 0 or 1."
         ),
         epilog="Example:\n  mllm data count-questions data/shapes-test --per-answer 50\n"
-        "  mllm vqa --model default --questions data/shapes-test/count_questions.jsonl --answers counts.jsonl\n"
+        "  mllm vqa --model default --questions data/shapes-test/count_questions.jsonl \\\n"
+        "      --image-folder data/shapes-test/images --answers counts.jsonl\n"
         "  mllm eval --answers counts.jsonl --gold data/shapes-test/count_answers.jsonl",
     )
     p.add_argument("split_dir", help="a folder written by `mllm data synth` (its scenes.jsonl and images/)")

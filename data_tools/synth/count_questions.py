@@ -8,7 +8,8 @@ otherwise, scores about 87% on them while never telling one object from two. Her
 `count 3+`, so that per-type accuracy says which counts the model reads.
 
     mllm data count-questions data/test --per-answer 50
-    mllm vqa --model default --questions data/test/count_questions.jsonl --answers out.jsonl
+    mllm vqa --model default --questions data/test/count_questions.jsonl --image-folder data/test/images \
+        --answers out.jsonl
     mllm eval --answers out.jsonl --gold data/test/count_answers.jsonl
 """
 
