@@ -62,9 +62,8 @@ def test_balanced_by_answer_and_answers_agree_with_scenes(
         assert answer["type"] == BUCKETS[min(n, 3)]
         assert (split / "images" / question["image"]).is_file()
         kinds[(answer["type"], key)] += 1
-    for (
-        bucket
-    ) in BUCKETS:  # the natural mix would be ~half zeros: here each answer has its 8, colours and shapes
+    # the natural mix would be about half zeros: here each answer has its 8, of colours and of shapes
+    for bucket in BUCKETS:
         assert kinds[(bucket, "color")] + kinds[(bucket, "shape")] == 8
         assert kinds[(bucket, "color")] > 0 and kinds[(bucket, "shape")] > 0
 
@@ -90,6 +89,9 @@ def test_bad_input_names_the_file_and_line(tmp_path: Path) -> None:
         write_count_questions(tmp_path, 5)
     (tmp_path / "scenes.jsonl").write_text('{"image": "a.png", "objects": []}\n{"image": "b.png"}\n')
     with pytest.raises(MllmError, match=r"scenes.jsonl: line 2: .*objects"):
+        write_count_questions(tmp_path, 5)
+    (tmp_path / "scenes.jsonl").write_text('{"image": "a.png", "objects": [3]}\n')
+    with pytest.raises(MllmError, match=r"scenes.jsonl: line 1: field objects"):
         write_count_questions(tmp_path, 5)
     (tmp_path / "scenes.jsonl").write_text('{"image": "a.png", "objects": []}\nnot json\n')
     with pytest.raises(MllmError, match=r"scenes.jsonl:2: invalid JSON"):

@@ -59,8 +59,12 @@ def _candidates(scenes: Path, phrasing: str, rng: random.Random) -> list[CountQu
             image, objects = scene["image"], scene["objects"]
             colors = Counter(obj["color"] for obj in objects)
             shapes = Counter(obj["shape"] for obj in objects)
-        except (KeyError, TypeError) as exc:
+        except KeyError as exc:
             raise MllmError(f"{scenes}: line {number}: not a scene (missing field {exc})") from None
+        except TypeError:
+            raise MllmError(
+                f"{scenes}: line {number}: field objects: expected a list of objects with color and shape"
+            ) from None
         for color in COLORS:
             text = rng.choice(templates["count_color"]).format(color=color)
             found.append(CountQuestion(image, "color", color, text, colors[color]))
