@@ -1,6 +1,6 @@
 """The release recipe of the shipped default assistant, from nothing: synthetic shapes data -> clip -> align ->
-instruct -> eval (VQA on the test, compositional and held-out-paraphrase splits, text skills), each stage
-timed, then (with --install) the final checkpoint copied into mllm/assets/default/.
+instruct -> eval (VQA on the test, compositional and held-out-paraphrase splits, the test images' count questions
+balanced by answer, text skills), each stage timed, then (with --install) the final checkpoint copied into mllm/assets/default/.
 
     python -m train.release --out runs/release --install          # what `make release-model` runs
     python -m train.release --out runs/release --install --resume # after an interruption: carry on
