@@ -1,6 +1,7 @@
 """The release recipe of the shipped default assistant, from nothing: synthetic shapes data -> clip -> align ->
-instruct -> eval (VQA on the test, compositional and held-out-paraphrase splits, the test images' count questions
-balanced by answer, text skills), each stage timed, then (with --install) the final checkpoint copied into mllm/assets/default/.
+instruct -> eval (VQA on the test, compositional and held-out-paraphrase splits, the test images' count
+questions balanced by answer, text skills), each stage timed, then (with --install) the final checkpoint copied
+into mllm/assets/default/.
 
     python -m train.release --out runs/release --install          # what `make release-model` runs
     python -m train.release --out runs/release --install --resume # after an interruption: carry on
@@ -161,7 +162,7 @@ def evaluate_release(checkpoint: Path, data: Path, out: Path, batch_size: int = 
     for precision, names in splits.items():
         assistant = load(str(checkpoint), precision=precision, batches=True)  # as `mllm vqa` loads it
         for split in names:
-            items = load_vqa(*files[split], files[split][0].parent / "images")
+            items = load_vqa(*files[split], None)  # images/ next to the questions file
             started = time.perf_counter()
             answers = assistant_answers(assistant, items, batch_size)
             scores: dict[str, Any] = accuracy(items, answers)

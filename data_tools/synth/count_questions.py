@@ -36,11 +36,10 @@ BUCKETS: tuple[str, ...] = (*(f"count {n}" for n in range(TOP)), f"count {TOP}+"
 
 @dataclass(frozen=True)
 class CountQuestion:
-    """One question about one image: which colour or shape, the question text and the count."""
+    """One question about one image: whether it counts a colour or a shape, its text and the count."""
 
     image: str
     key: str  # "color" or "shape"
-    value: str
     text: str
     answer: int
 
@@ -67,10 +66,10 @@ def _candidates(scenes: Path, phrasing: str, rng: random.Random) -> list[CountQu
             ) from None
         for color in COLORS:
             text = rng.choice(templates["count_color"]).format(color=color)
-            found.append(CountQuestion(image, "color", color, text, colors[color]))
+            found.append(CountQuestion(image, "color", text, colors[color]))
         for shape in SHAPES:
             text = rng.choice(templates["count_shape"]).format(shape=shape, shapes=plural(shape))
-            found.append(CountQuestion(image, "shape", shape, text, shapes[shape]))
+            found.append(CountQuestion(image, "shape", text, shapes[shape]))
     return found
 
 
