@@ -142,6 +142,13 @@ class TrainConfig:
             raise MllmError(
                 f"{where}: set exactly one of `model` (a model YAML) and `init_from` (a checkpoint)"
             )
+        if self.init_from is not None:
+            for name in ("vision_source", "projector"):
+                if getattr(self, name) is not None:
+                    raise MllmError(
+                        f"{where}: field {name}: a checkpoint (init_from) brings its own vision tower and projector; "
+                        f"{name} applies to a model YAML (`model`) only"
+                    )
         if self.stage == "clip" and self.model is None:
             raise MllmError(f"{where}: field model: the clip stage needs a model YAML (its vision sizes)")
         if not self.data.train:
