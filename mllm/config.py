@@ -53,6 +53,7 @@ class ProjectorConfig:
     qformer_num_layers: int = 2
     qformer_num_heads: int = 4
     class_tokens: int = 1  # > 1: the class token (feature_select: full) becomes this many tokens, its own MLP
+    pool_tokens: int = 0  # > 0: this many tokens of the mean patch feature come first, their own MLP
     init_seed: int = 0
 
 
@@ -189,6 +190,10 @@ def load_model_config(path: str | Path) -> ModelConfig:
     if config.projector.class_tokens < 1:
         raise MllmError(
             f"{path}: projector: field class_tokens: {config.projector.class_tokens}: expected 1 or more"
+        )
+    if config.projector.pool_tokens < 0:
+        raise MllmError(
+            f"{path}: projector: field pool_tokens: {config.projector.pool_tokens}: expected 0 or more"
         )
     if config.projector.class_tokens > 1 and config.vision.feature_select != "full":
         raise MllmError(

@@ -139,6 +139,11 @@ def build_llava(model: MultimodalModel) -> tuple[LlavaForConditionalGeneration, 
             f"projector class_tokens {model.config.projector.class_tokens}: transformers' LLaVA maps every vision "
             "feature to one token, so a class token made into several has no equivalent (use --format merged)"
         )
+    if model.config.projector.pool_tokens > 0:
+        raise MllmError(
+            f"projector pool_tokens {model.config.projector.pool_tokens}: transformers' LLaVA maps every vision "
+            "feature to one token, so tokens of the mean patch feature have no equivalent (use --format merged)"
+        )
     if isinstance(model.llm, PeftModel):
         raise ValueError("merge the LoRA adapters first (mllm.assistant.merge_for_inference)")
     tokenizer = model.tokenizer

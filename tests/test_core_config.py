@@ -39,6 +39,9 @@ def test_unknown_field_and_wrong_type(tmp_path):
     path.write_text("projector:\n  class_tokens: 0\n")
     with pytest.raises(MllmError, match="bad.yaml: projector: field class_tokens: 0: expected 1 or more"):
         load_model_config(path)
+    path.write_text("projector:\n  pool_tokens: -1\n")
+    with pytest.raises(MllmError, match="bad.yaml: projector: field pool_tokens: -1: expected 0 or more"):
+        load_model_config(path)
     path.write_text("projector:\n  class_tokens: 4\n")
     with pytest.raises(MllmError, match="bad.yaml: projector: field class_tokens: 4 needs the class token"):
         load_model_config(path)

@@ -168,3 +168,47 @@ def test_class_tokens_give_the_class_token_its_own_tokens(tiny_config, tmp_path)
     tiny_config.projector.type = "qformer"
     with pytest.raises(MllmError, match="class_tokens: 3 is for linear and mlp2x_gelu"):
         MultimodalModel.build(tiny_config)
+
+
+
+def test_pool_tokens_carry_the_mean_patch_first(tiny_config, tmp_path):
+    """`projector.pool_tokens: 2` puts two tokens of the mean patch feature (the class token left out) before the
+    image's other tokens, through their own MLP: those tokens stay what the shared projector makes of them, the
+    pooled ones move with the patches' mean, gradients reach the pool head, a checkpoint round trip keeps the
+    logits, and the qformer refuses it."""
+    from mllm.checkpoint import load_checkpoint, save_checkpoint
+
+    tiny_config.vision.feature_select = "full"
+    plain = MultimodalModel.build(tiny_config)
+    tiny_config.projector.pool_tokens = 2
+    model = MultimodalModel.build(tiny_config)
+    assert model.num_image_tokens == plain.num_image_tokens + 2 == 19
+    pixels = torch.randn(2, 3, 32, 32)
+    out = model.image_features(pixels)
+    features = model.vision(pixels)
+    torch.testing.assert_close(out[:, 2:], model.projector.project(features))
+    pooled = model.projector.pool_head(features[:, 1:].mean(dim=1)).view(2, 2, -1)
+    torch.testing.assert_close(out[:, :2], pooled)
+    assert not torch.allclose(out[0, 0], out[1, 0]) and not torch.allclose(out[0, 0], out[0, 1])
+    ids = prompt_ids(model, 1)
+    assert int((ids == model.image_token_id).sum()) == 19
+    model.set_trainable(projector=True, lora=False)
+    labels = ids.masked_fill(ids == model.image_token_id, -100)
+    model(input_ids=ids, pixel_values=pixels[:1], labels=labels).loss.backward()
+    assert model.projector.pool_head[0].weight.grad.abs().sum() > 0
+    save_checkpoint(model, tmp_path / "ckpt")
+    again = load_checkpoint(tmp_path / "ckpt")
+    with torch.no_grad():
+        torch.testing.assert_close(
+            again(input_ids=ids, pixel_values=pixels[:1]).logits,
+            model(input_ids=ids, pixel_values=pixels[:1]).logits,
+        )
+    tiny_config.vision.feature_select = "default"  # no class token: every feature is a patch
+    model = MultimodalModel.build(tiny_config)
+    features = model.vision(pixels)
+    torch.testing.assert_close(
+        model.image_features(pixels)[:, :2], model.projector.pool_head(features.mean(dim=1)).view(2, 2, -1)
+    )
+    tiny_config.projector.type = "qformer"
+    with pytest.raises(MllmError, match="pool_tokens: 2 is for linear and mlp2x_gelu"):
+        MultimodalModel.build(tiny_config)

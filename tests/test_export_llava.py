@@ -130,6 +130,10 @@ def test_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["export", "--model", str(classy), "--format", "hf-llava", "--out", str(tmp_path / "c")]) == 1
     assert "class_tokens 4" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+    pooled = tmp_path / "pooled.yaml"
+    pooled.write_text(TINY.read_text().replace("type: mlp2x_gelu", "type: mlp2x_gelu\n  pool_tokens: 1"))
+    assert main(["export", "--model", str(pooled), "--format", "hf-llava", "--out", str(tmp_path / "p")]) == 1
+    assert "pool_tokens 1" in capsys.readouterr().err
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("x")

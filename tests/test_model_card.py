@@ -81,6 +81,13 @@ def test_card_counts_the_released_image_tokens(tmp_path: Path) -> None:
         "44 image tokens (8 made of the class token by its own MLP, and the 36 patches), 8 rotary positions apart;"
         in card
     )
+    config["projector"] = {"type": "mlp2x_gelu", "pool_tokens": 1}
+    (final / "mllm.json").write_text(json.dumps({"num_image_tokens": 38, "config": config}))
+    card = render(release, ablation=None, notes=None)
+    assert (
+        "38 image tokens (1 made of the mean patch feature by its own MLP, the class token and the 36 patches)"
+        in card
+    )
 
 
 def test_card_names_the_machines_the_stages_ran_on(tmp_path: Path) -> None:

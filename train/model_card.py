@@ -142,23 +142,30 @@ def _weighting(synth: dict[str, Any]) -> str:
 
 
 def _image_tokens(release: Path) -> str:
-    """'36 image tokens' (the 6x6 patch grid), or with the class token and a position step, as the released
-    checkpoint's mllm.json says; the 6x6 default when the run has no final checkpoint."""
+    """'36 image tokens' (the 6x6 patch grid), or with the class token, tokens of the mean patch feature and a
+    position step, as the released checkpoint's mllm.json says; the 6x6 default when the run has no final
+    checkpoint."""
     meta_file = release / "instruct" / "final" / "mllm.json"
     if not meta_file.is_file():
         return "36 image tokens"
     meta = json.loads(meta_file.read_text())
     config = meta["config"]
+    projector = config.get("projector", {})
     count = meta["num_image_tokens"]
-    text = f"{count} image tokens"
+    patches = count - projector.get("pool_tokens", 0)
+    parts = []
+    if projector.get("pool_tokens", 0):
+        pool = projector["pool_tokens"]
+        parts.append(f"{pool} made of the mean patch feature by {'its' if pool == 1 else 'their'} own MLP,")
     if config["vision"].get("feature_select") == "full":
-        class_tokens = config.get("projector", {}).get("class_tokens", 1)
-        made = (
-            f"{class_tokens} made of the class token by its own MLP,"
-            if class_tokens > 1
-            else "the class token"
+        class_tokens = projector.get("class_tokens", 1)
+        patches -= class_tokens
+        parts.append(
+            f"{class_tokens} made of the class token by its own MLP," if class_tokens > 1 else "the class token"
         )
-        text += f" ({made} and the {count - class_tokens} patches)"
+    text = f"{count} image tokens"
+    if parts:
+        text += f" ({' '.join(parts)} and the {patches} patches)"
     step = config.get("image_position_step", 1)
     if step != 1:
         text += f", {step} rotary positions apart"
