@@ -31,7 +31,9 @@ class Projector(nn.Module):
     tokens through `class_head`; with `config.pool_tokens` > 0 that many tokens of the mean patch feature come
     first, through `pool_head`. `class_token`: the features start with the tower's class token."""
 
-    def __init__(self, config: ProjectorConfig, vision_dim: int, llm_dim: int, class_token: bool = False) -> None:
+    def __init__(
+        self, config: ProjectorConfig, vision_dim: int, llm_dim: int, class_token: bool = False
+    ) -> None:
         super().__init__()
         self.config = config
         self.vision_dim = vision_dim
@@ -80,7 +82,9 @@ PROJECTORS: Registry[ProjectorFactory] = Registry("projector")
 class LinearProjector(Projector):
     """One linear layer per patch (LLaVA-1.0)."""
 
-    def __init__(self, config: ProjectorConfig, vision_dim: int, llm_dim: int, class_token: bool = False) -> None:
+    def __init__(
+        self, config: ProjectorConfig, vision_dim: int, llm_dim: int, class_token: bool = False
+    ) -> None:
         super().__init__(config, vision_dim, llm_dim, class_token)
         self.proj = nn.Linear(vision_dim, llm_dim)
 
@@ -92,7 +96,9 @@ class LinearProjector(Projector):
 class MLPProjector(Projector):
     """Linear -> GELU -> Linear per patch (LLaVA-1.5)."""
 
-    def __init__(self, config: ProjectorConfig, vision_dim: int, llm_dim: int, class_token: bool = False) -> None:
+    def __init__(
+        self, config: ProjectorConfig, vision_dim: int, llm_dim: int, class_token: bool = False
+    ) -> None:
         super().__init__(config, vision_dim, llm_dim, class_token)
         self.fc1 = nn.Linear(vision_dim, llm_dim)
         self.act = nn.GELU()
@@ -106,7 +112,9 @@ class MLPProjector(Projector):
 class QFormerProjector(Projector):
     """BLIP-2 Q-Former: N learned queries cross-attend to the patches, then a linear map to the LLM width."""
 
-    def __init__(self, config: ProjectorConfig, vision_dim: int, llm_dim: int, class_token: bool = False) -> None:
+    def __init__(
+        self, config: ProjectorConfig, vision_dim: int, llm_dim: int, class_token: bool = False
+    ) -> None:
         if config.class_tokens > 1:
             raise MllmError(
                 f"projector: field class_tokens: {config.class_tokens} is for linear and mlp2x_gelu; the qformer "

@@ -3,6 +3,8 @@ shapes, and gradients flowing only into the projector (and LoRA) — never the v
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -131,12 +133,32 @@ def test_feature_select_full_keeps_the_class_token(tiny_config):
         MultimodalModel.build(tiny_config)
 
 
+def _check_head_trains_and_round_trips(
+    model: MultimodalModel, head: torch.nn.Module, pixels: torch.Tensor, image_tokens: int, tmp_path: Path
+) -> None:
+    """A prompt gets `image_tokens` placeholders, the loss's gradient reaches `head`, and a checkpoint round
+    trip keeps the logits."""
+    from mllm.checkpoint import load_checkpoint, save_checkpoint
+
+    ids = prompt_ids(model, 1)
+    assert int((ids == model.image_token_id).sum()) == image_tokens
+    model.set_trainable(projector=True, lora=False)
+    labels = ids.masked_fill(ids == model.image_token_id, -100)
+    model(input_ids=ids, pixel_values=pixels[:1], labels=labels).loss.backward()
+    assert head[0].weight.grad.abs().sum() > 0
+    save_checkpoint(model, tmp_path / "ckpt")
+    again = load_checkpoint(tmp_path / "ckpt")
+    with torch.no_grad():
+        torch.testing.assert_close(
+            again(input_ids=ids, pixel_values=pixels[:1]).logits,
+            model(input_ids=ids, pixel_values=pixels[:1]).logits,
+        )
+
+
 def test_class_tokens_give_the_class_token_its_own_tokens(tiny_config, tmp_path):
     """`projector.class_tokens: 3` makes the class token three LLM tokens through its own MLP: the patches'
     tokens stay what the shared projector makes of them, prompts get 2 more placeholders, gradients reach the
     class head, and a checkpoint round trip keeps the logits; without a kept class token it is refused."""
-    from mllm.checkpoint import load_checkpoint, save_checkpoint
-
     tiny_config.vision.feature_select = "full"
     plain = MultimodalModel.build(tiny_config)
     tiny_config.projector.class_tokens = 3
@@ -148,19 +170,7 @@ def test_class_tokens_give_the_class_token_its_own_tokens(tiny_config, tmp_path)
     features = model.vision(pixels)
     torch.testing.assert_close(out[:, 3:], model.projector.project(features[:, 1:]))
     assert not torch.allclose(out[:, 0], out[:, 1])
-    ids = prompt_ids(model, 1)
-    assert int((ids == model.image_token_id).sum()) == 19
-    model.set_trainable(projector=True, lora=False)
-    labels = ids.masked_fill(ids == model.image_token_id, -100)
-    model(input_ids=ids, pixel_values=pixels[:1], labels=labels).loss.backward()
-    assert model.projector.class_head[0].weight.grad.abs().sum() > 0
-    save_checkpoint(model, tmp_path / "ckpt")
-    again = load_checkpoint(tmp_path / "ckpt")
-    with torch.no_grad():
-        torch.testing.assert_close(
-            again(input_ids=ids, pixel_values=pixels[:1]).logits,
-            model(input_ids=ids, pixel_values=pixels[:1]).logits,
-        )
+    _check_head_trains_and_round_trips(model, model.projector.class_head, pixels, 19, tmp_path)
     tiny_config.vision.feature_select = "default"
     with pytest.raises(MllmError, match="class_tokens: 3 needs the tower's class token"):
         MultimodalModel.build(tiny_config)
@@ -170,14 +180,11 @@ def test_class_tokens_give_the_class_token_its_own_tokens(tiny_config, tmp_path)
         MultimodalModel.build(tiny_config)
 
 
-
 def test_pool_tokens_carry_the_mean_patch_first(tiny_config, tmp_path):
     """`projector.pool_tokens: 2` puts two tokens of the mean patch feature (the class token left out) before the
     image's other tokens, through their own MLP: those tokens stay what the shared projector makes of them, the
     pooled ones move with the patches' mean, gradients reach the pool head, a checkpoint round trip keeps the
     logits, and the qformer refuses it."""
-    from mllm.checkpoint import load_checkpoint, save_checkpoint
-
     tiny_config.vision.feature_select = "full"
     plain = MultimodalModel.build(tiny_config)
     tiny_config.projector.pool_tokens = 2
@@ -190,19 +197,7 @@ def test_pool_tokens_carry_the_mean_patch_first(tiny_config, tmp_path):
     pooled = model.projector.pool_head(features[:, 1:].mean(dim=1)).view(2, 2, -1)
     torch.testing.assert_close(out[:, :2], pooled)
     assert not torch.allclose(out[0, 0], out[1, 0]) and not torch.allclose(out[0, 0], out[0, 1])
-    ids = prompt_ids(model, 1)
-    assert int((ids == model.image_token_id).sum()) == 19
-    model.set_trainable(projector=True, lora=False)
-    labels = ids.masked_fill(ids == model.image_token_id, -100)
-    model(input_ids=ids, pixel_values=pixels[:1], labels=labels).loss.backward()
-    assert model.projector.pool_head[0].weight.grad.abs().sum() > 0
-    save_checkpoint(model, tmp_path / "ckpt")
-    again = load_checkpoint(tmp_path / "ckpt")
-    with torch.no_grad():
-        torch.testing.assert_close(
-            again(input_ids=ids, pixel_values=pixels[:1]).logits,
-            model(input_ids=ids, pixel_values=pixels[:1]).logits,
-        )
+    _check_head_trains_and_round_trips(model, model.projector.pool_head, pixels, 19, tmp_path)
     tiny_config.vision.feature_select = "default"  # no class token: every feature is a patch
     model = MultimodalModel.build(tiny_config)
     features = model.vision(pixels)

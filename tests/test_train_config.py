@@ -44,7 +44,9 @@ def test_overrides_and_errors(tmp_path: Path) -> None:
     instruct = REPO / "configs" / "train" / "tiny-instruct.yaml"
     for override in ("vision_source=runs/x/clip/vision", "projector.pool_tokens=1"):
         field = override.split(".")[0].split("=")[0]
-        with pytest.raises(MllmError, match=f"tiny-instruct.yaml: field {field}: a checkpoint \\(init_from\\)"):
+        with pytest.raises(
+            MllmError, match=f"tiny-instruct.yaml: field {field}: a checkpoint \\(init_from\\)"
+        ):
             load_train_config(instruct, [override])
     bad = tmp_path / "bad.yaml"
     bad.write_text("stage: align\n  model: [\n")

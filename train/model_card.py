@@ -161,7 +161,9 @@ def _image_tokens(release: Path) -> str:
         class_tokens = projector.get("class_tokens", 1)
         patches -= class_tokens
         parts.append(
-            f"{class_tokens} made of the class token by its own MLP," if class_tokens > 1 else "the class token"
+            f"{class_tokens} made of the class token by its own MLP,"
+            if class_tokens > 1
+            else "the class token"
         )
     text = f"{count} image tokens"
     if parts:
