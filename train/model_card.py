@@ -152,10 +152,10 @@ def _image_tokens(release: Path) -> str:
     config = meta["config"]
     projector = config.get("projector", {})
     count = meta["num_image_tokens"]
-    patches = count - projector.get("pool_tokens", 0)
+    pool = projector.get("pool_tokens", 0)
+    patches = count - pool
     parts = []
-    if projector.get("pool_tokens", 0):
-        pool = projector["pool_tokens"]
+    if pool:
         parts.append(f"{pool} made of the mean patch feature by {'its' if pool == 1 else 'their'} own MLP,")
     if config["vision"].get("feature_select") == "full":
         class_tokens = projector.get("class_tokens", 1)
