@@ -100,6 +100,7 @@ def _synth(args: argparse.Namespace) -> int:
         text_fraction=args.text_fraction,
         turn_weights=dict(args.turn_weight),
         count_repeated=args.count_repeated,
+        align_counts=args.align_counts,
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
@@ -324,6 +325,12 @@ def _add_synth(sub: Any) -> None:
         metavar="P",
         help="chance that an instruction turn counting one colour or shape asks about one the image holds more "
         "than once (default 0: any colour or shape, so nearly all such answers are 0 or 1); VQA files unchanged",
+    )
+    p.add_argument(
+        "--align-counts",
+        action="store_true",
+        help="open each align.json caption with the scene's counts ('4 objects; red: 2, blue: 1, green: 1; "
+        "circle: 2, star: 1, square: 1.'); the clip pairs keep the plain caption",
     )
     p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")

@@ -445,3 +445,30 @@ def test_count_repeated_asks_about_colours_and_shapes_seen_more_than_once(tmp_pa
     assert (zero / "instruct.json").read_bytes() == (tmp_path / "natural" / "instruct.json").read_bytes()
     with pytest.raises(MllmError, match=r"--count-repeated 1.5: must be in \[0, 1\]"):
         _synth(tmp_path / "z", 3, seed=0, count_repeated=1.5)
+
+
+def test_align_counts_open_each_caption_with_the_scene_counts(train: Path, tmp_path: Path) -> None:
+    """`align_counts` prefixes every align caption with the total and each colour's and shape's count (read
+    independently from scenes.jsonl here) and changes no other file."""
+    counted = _synth(tmp_path / "counted", 150, seed=3, align_counts=True)
+    scenes = {s["image"]: s for s in _jsonl(counted / "scenes.jsonl")}
+    plain = {r["id"]: r for r in json.loads((train / "align.json").read_text())}
+    pattern = re.compile(r"^(\d+) objects?; ((?:\w+: \d+, )*\w+: \d+); ((?:\w+: \d+, )*\w+: \d+)\. (.*)$")
+    for record in json.loads((counted / "align.json").read_text()):
+        objects = scenes[record["image"]]["objects"]
+        text = record["conversations"][1]["value"]
+        match = pattern.match(text)
+        assert match, text
+        total, by_color, by_shape, rest = match.groups()
+        assert int(total) == len(objects)
+        for part, key, order in ((by_color, "color", list(COLORS)), (by_shape, "shape", list(SHAPES))):
+            pairs = [item.split(": ") for item in part.split(", ")]
+            tally = Counter(o[key] for o in objects)
+            assert {name: int(n) for name, n in pairs} == dict(tally), (text, key)
+            assert [name for name, _ in pairs] == [name for name in order if tally[name]], text
+        assert plain[record["id"]]["conversations"][1]["value"] == rest
+        assert plain[record["id"]]["conversations"][0] == record["conversations"][0]
+    for name in ("scenes.jsonl", "pairs.jsonl", "instruct.json", "vqa_questions.jsonl", "vqa_answers.jsonl"):
+        assert (counted / name).read_bytes() == (train / name).read_bytes(), name
+    assert json.loads((counted / "synth.json").read_text())["align_counts"] is True
+    assert json.loads((train / "synth.json").read_text())["align_counts"] is False

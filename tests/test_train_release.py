@@ -111,6 +111,8 @@ def test_recipe_resumes_a_training_stage_killed_after_a_checkpoint(tmp_path: Pat
     assert steps == sorted(steps) and steps[-1] == 40
     with pytest.raises(MllmError, match="leave out --start-at"):
         release(out, False, 0.001, {}, start_at="align", resume=True)
+    with pytest.raises(MllmError, match="--align-counts changes the data stage; --start-at align keeps"):
+        release(out, False, 0.001, {}, start_at="align", align_counts=True)
     with pytest.raises(
         MllmError, match="starting at instruct and stopping after align leaves nothing to run"
     ):

@@ -48,9 +48,10 @@ DATA_SPLITS = (
 COUNT_QUESTIONS_PER_ANSWER = 50
 
 
-def synth_data(out: Path, image_size: int, scale: float) -> None:
+def synth_data(out: Path, image_size: int, scale: float, align_counts: bool = False) -> None:
     """The four data folders (train, test, compositional, paraphrase: the test images with held-out wording),
-    and the balanced count questions of the test images."""
+    and the balanced count questions of the test images; `align_counts`: captions in align.json open with the
+    scene's counts (`mllm data synth --align-counts`)."""
     from data_tools.synth.count_questions import write_count_questions
     from data_tools.synth.writer import SynthConfig, synthesize
 
@@ -64,6 +65,7 @@ def synth_data(out: Path, image_size: int, scale: float) -> None:
                 image_size=image_size,
                 split=split,
                 phrasing=phrasing,
+                align_counts=align_counts,
                 overwrite=True,
                 progress=False,
             )
@@ -249,6 +251,7 @@ def release(
     start_at: str = "data",
     stop_after: str = "eval",
     resume: bool = False,
+    align_counts: bool = False,
 ) -> dict[str, Any]:
     """Run the stages from `start_at` to `stop_after` (earlier ones are kept from OUT/release.json); the timings
     and results (also written to OUT/release.json). With `resume`, start where an interrupted run stopped
@@ -281,6 +284,9 @@ def release(
     }
     if start_at != "data":
         report["started_at_stage"] = start_at
+        if align_counts:
+            raise MllmError(f"--align-counts changes the data stage; --start-at {start_at} keeps {data}")
+        report["align_counts"] = previous.get("align_counts", False)
 
     machine = host()
 
@@ -312,7 +318,8 @@ def release(
         )
 
     if todo("data"):
-        timed("data", lambda: synth_data(data, 96, scale))
+        report["align_counts"] = align_counts
+        timed("data", lambda: synth_data(data, 96, scale, align_counts))
     train, test = data / "train", data / "test"
     images = [f"data.image_folder={train / 'images'}", f"data.eval_image_folder={test / 'images'}"]
     if todo("clip"):
@@ -372,6 +379,11 @@ def main(argv: list[str] | None = None) -> int:
         help="carry on an interrupted run in --out: from the first unfinished stage, a training stage from its "
         "newest checkpoint",
     )
+    parser.add_argument(
+        "--align-counts",
+        action="store_true",
+        help="the data stage opens each align caption with the scene's counts (mllm data synth --align-counts)",
+    )
     for stage in ("clip", "align", "instruct"):
         parser.add_argument(
             f"--{stage}", nargs="*", default=[], metavar="KEY=VALUE", help=f"overrides for the {stage} stage"
@@ -389,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
             args.start_at,
             args.stop_after,
             args.resume,
+            args.align_counts,
         )
     except MllmError as exc:
         print(f"release: error: {exc}", file=sys.stderr)

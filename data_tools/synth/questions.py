@@ -147,6 +147,18 @@ def caption(scene: Scene, uncolored: frozenset[int] = frozenset()) -> str:
     return f"{text[0].upper()}{text[1:]}, on a {scene.background} background."
 
 
+def count_summary(scene: Scene) -> str:
+    """The scene's counts as a sentence: the total, then each colour and each shape present with its count, in
+    a fixed order ('4 objects; red: 2, blue: 1, green: 1; circle: 2, star: 1, square: 1.'); the opening of a
+    counted caption (`mllm data synth --align-counts`), read in the order a count question is: kind, then number."""
+    n = len(scene.objects)
+    colors = Counter(o.color for o in scene.objects)
+    shapes = Counter(o.shape for o in scene.objects)
+    by_color = ", ".join(f"{c}: {colors[c]}" for c in COLORS if colors[c])
+    by_shape = ", ".join(f"{s}: {shapes[s]}" for s in SHAPES if shapes[s])
+    return f"{n} object{'s' if n != 1 else ''}; {by_color}; {by_shape}."
+
+
 def description(scene: Scene) -> str:
     """The detailed answer to 'Describe the image.'."""
     n = len(scene.objects)

@@ -28,6 +28,7 @@ from data_tools.synth.questions import (
     QUESTION_TYPES,
     available_types,
     caption,
+    count_summary,
     description,
     make_question,
 )
@@ -78,6 +79,9 @@ class SynthConfig:
     # instruction turns only (the VQA files keep the natural mix): the chance that a count turn of one colour or
     # shape asks about one the image holds more than once; at 0 nearly all such answers are 0 or 1
     count_repeated: float = 0.0
+    # align.json only: each caption opens with the scene's counts (`count_summary`), so that the align stage's
+    # projector learns to present counts the frozen LLM reads; the clip pairs keep the plain caption
+    align_counts: bool = False
     overwrite: bool = False
     progress: bool = True
 
@@ -263,7 +267,8 @@ def synthesize(cfg: SynthConfig) -> SynthSummary:
             scene_caption = caption(scene)  # the clip pair's text and the align record's answer
             pairs_file.write(_jsonl_line({"image": name, "caption": scene_caption}))
             align_rng = rng_for(cfg.split, cfg.seed, index, "align")
-            caption_turn = (align_rng.choice(CAPTION_PROMPTS), scene_caption)
+            align_answer = f"{count_summary(scene)} {scene_caption}" if cfg.align_counts else scene_caption
+            caption_turn = (align_rng.choice(CAPTION_PROMPTS), align_answer)
             align.write(make_record(tag, [name], [caption_turn], image_first=align_rng.random() < 0.9))
             chat_rng = rng_for(cfg.split, cfg.seed, index, "instruct")
             turns = instruct_turns(
@@ -304,6 +309,7 @@ def _write_metadata(cfg: SynthConfig) -> None:
         "max_turns": cfg.max_turns,
         "turn_weights": {t: cfg.turn_weights.get(t, 1.0) for t in TURN_TYPES},
         "count_repeated": cfg.count_repeated,
+        "align_counts": cfg.align_counts,
         "held_out_pairs": [list(p) for p in HELD_OUT_PAIRS],
         "notes": "train and test exclude the held-out (color, shape) pairs and never share a scene (a hash of "
         "the scene content decides which of the two may hold it); every compositional image holds at "
