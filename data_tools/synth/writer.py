@@ -264,7 +264,7 @@ def synthesize(cfg: SynthConfig) -> SynthSummary:
             )
             draw_scene(scene).save(images_dir / name, format="PNG")
             scenes_file.write(_jsonl_line(scene.to_json()))
-            scene_caption = caption(scene)  # the clip pair's text and the align record's answer
+            scene_caption = caption(scene)  # the clip pair's text; the align answer, after any counts
             pairs_file.write(_jsonl_line({"image": name, "caption": scene_caption}))
             align_rng = rng_for(cfg.split, cfg.seed, index, "align")
             align_answer = f"{count_summary(scene)} {scene_caption}" if cfg.align_counts else scene_caption
