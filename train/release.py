@@ -284,9 +284,9 @@ def release(
     }
     if start_at != "data":
         report["started_at_stage"] = start_at
-        if align_counts:
-            raise MllmError(f"--align-counts changes the data stage; --start-at {start_at} keeps {data}")
         report["align_counts"] = previous.get("align_counts", False)
+        if align_counts and not report["align_counts"]:  # the same flag again (e.g. with --resume) is fine
+            raise MllmError(f"--align-counts changes the data stage; --start-at {start_at} keeps {data}")
 
     machine = host()
 
